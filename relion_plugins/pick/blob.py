@@ -1,0 +1,277 @@
+"""Adaptive LoG (A-LoG) blob picker: multiscale scale-normalised LoG, junk mask, greedy disk suppression.
+
+Pipeline (all on a *working* copy of the micrograph, Fourier-cropped so that the particle is ~20-40 px):
+
+1. Robust normalisation (median / MAD) and sign flip so that particles are bright.
+2. Eleven LoG filters (``imaging.log_filter``), geometric diameters: 4 below ``d_min``, 3 in
+   ``[d_min, d_max]`` (``d_min``, ``sqrt(d_min d_max)``, ``d_max``) and 4 above ``d_max``. The in-range step is
+   ``q = sqrt(d_max / d_min)``; outside the range the step is ``max(q, 1.2)`` so that the out-of-range
+   filters still probe clearly different sizes when the range is narrow. Per pixel we keep the best response
+   and its filter. A pixel whose best filter is outside the range looks like a blob of the wrong size
+   (ice grains, noise specks, large junk) and is not a peak candidate.
+3. Figure of merit: ``fom = (best - mean) / std`` with mean and SD of the best-response map over the usable
+   area (inside the border, outside the junk mask). It is dimensionless and comparable between micrographs
+   (RELION's ``log_adjust_thr`` / ``log_upper_thr`` use the same units), so ``fom > adjust_threshold`` is
+   the threshold; ``upper_threshold`` rejects responses that are too strong (dark junk). The default
+   threshold 0 is "mean of the best responses".
+4. Candidates are local maxima of the best-response map; sorted by ``fom`` they are accepted greedily, each
+   accepted peak suppressing a disk of its detected diameter (radius = diameter / 2, or ``min_distance_A``).
+   This is RELION's iterative "take the highest peak, zero a disk" done on the few thousand local maxima
+   instead of on all pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.fft as sfft
+from scipy import ndimage as ndi
+
+from relion_plugins.imaging.log_filter import best_response
+from relion_plugins.pick.junk_mask import junk_mask
+
+N_BELOW = 4
+N_ABOVE = 4
+N_INSIDE = 3
+MIN_OUTER_STEP = 1.2
+UPPER_OFF = 999.0  # RELION's convention: an upper threshold this large means "no upper threshold"
+
+
+@dataclass
+class PickResult:
+    """Picks in ORIGINAL micrograph pixels (0-based, x = column), sorted by decreasing ``fom``."""
+
+    x: np.ndarray
+    y: np.ndarray
+    fom: np.ndarray
+    diameter_A: np.ndarray
+    threshold: float  # lower threshold used, in fom units (mean + adjust * std of best responses)
+    upper_threshold: float | None  # in fom units, None when off
+    working_angpix: float
+    mask: np.ndarray | None = None  # bool, working grid, True = excluded (junk or border)
+    response: np.ndarray | None = None  # fom map on the working grid (optional)
+    diameters_A: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the 11 filter diameters
+    n_candidates: int = 0
+
+    def __len__(self) -> int:
+        return int(self.x.size)
+
+    @property
+    def xy(self) -> np.ndarray:
+        """``[n, 2]`` array of (x, y)."""
+        return np.stack([self.x, self.y], axis=1)
+
+
+def filter_diameters(d_min: float, d_max: float) -> tuple[np.ndarray, int, int]:
+    """The 11 filter diameters (same unit as the inputs) and the slice ``[lo, hi)`` of the in-range ones."""
+    d_min, d_max = float(min(d_min, d_max)), float(max(d_min, d_max))
+    if d_min <= 0:
+        raise ValueError("particle diameters must be positive")
+    q = math.sqrt(d_max / d_min)
+    inside = [d_min, math.sqrt(d_min * d_max), d_max]
+    step = max(q, MIN_OUTER_STEP)
+    below = [d_min / step**k for k in range(N_BELOW, 0, -1)]
+    above = [d_max * step**k for k in range(1, N_ABOVE + 1)]
+    return np.array(below + inside + above), N_BELOW, N_BELOW + N_INSIDE
+
+
+def default_working_angpix(angpix: float, d_min_A: float, lowpass_A: float | None) -> float:
+    """Pixel size at which the smallest in-range particle is ~20 px, never finer than the data.
+
+    Capped at ``lowpass_A / 2`` (its Nyquist) so that cropping never removes what the low-pass keeps.
+    """
+    target = d_min_A / 20.0
+    if lowpass_A:
+        target = min(target, lowpass_A / 2.0)
+    return max(float(angpix), target)
+
+
+def _crop_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:
+    # even sizes keep the Nyquist handling of rfft simple
+    return tuple(max(2 * int(round(n / factor / 2.0)), 16) for n in shape)  # type: ignore[return-value]
+
+
+def _fourier_crop_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Fourier-crop ``image`` to ``shape`` (pixel 0 stays in place; mean preserved)."""
+    ny, nx = image.shape
+    my, mx = shape
+    spec = sfft.rfft2(image.astype(np.float32, copy=False))
+    hy = my // 2
+    out = np.zeros((my, mx // 2 + 1), dtype=spec.dtype)
+    out[:hy] = spec[:hy, : mx // 2 + 1]
+    out[my - hy :] = spec[ny - hy :, : mx // 2 + 1]
+    return sfft.irfft2(out, s=shape) * np.float32((my * mx) / (ny * nx))
+
+
+def _robust_normalise(img: np.ndarray) -> np.ndarray:
+    med = float(np.median(img))
+    mad = float(np.median(np.abs(img - med))) * 1.4826
+    if not np.isfinite(mad) or mad <= 1e-12:
+        mad = float(img.std()) or 1.0
+    return ((img - med) / mad).astype(np.float32, copy=False)
+
+
+def pick_blobs(
+    image: np.ndarray,
+    angpix: float,
+    diameter_min_A: float,
+    diameter_max_A: float,
+    *,
+    adjust_threshold: float = 0.0,
+    upper_threshold: float | None = None,
+    lowpass_A: float | None = 20.0,
+    use_junk_mask: bool = True,
+    top_k: int | None = None,
+    min_distance_A: float | None = None,
+    invert: bool = False,
+    working_angpix: float | None = None,
+    border_A: float | None = None,
+    return_response: bool = False,
+    junk_kwargs: dict | None = None,
+) -> PickResult:
+    """Pick blob-like particles of diameter ``[diameter_min_A, diameter_max_A]`` in one micrograph.
+
+    ``image``: 2D array, particles dark unless ``invert`` (RELION's ``--LoG_invert``: particles light).
+    ``adjust_threshold`` / ``upper_threshold``: lower / upper limits of the fom, in standard deviations of
+    the best-response map above its mean (RELION's ``log_adjust_thr`` / ``log_upper_thr``; ``None`` or
+    >= 999 switches the upper limit off). ``lowpass_A``: Gaussian low-pass resolution before filtering.
+    ``top_k``: keep at most this many picks (highest fom first; for pseudo-labels). ``min_distance_A``:
+    suppression radius (default: half the detected diameter). ``working_angpix``: pixel size to work at
+    (default: smallest particle ~20 px). ``border_A``: no picks closer than this to the edge (default: half
+    the largest diameter).
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"pick_blobs expects a 2D micrograph, got shape {img.shape}")
+    if not np.all(np.isfinite(img)):
+        raise ValueError("micrograph contains NaN or Inf values")
+    angpix = float(angpix)
+    if angpix <= 0:
+        raise ValueError("pixel size must be positive")
+    d_min_A, d_max_A = sorted((float(diameter_min_A), float(diameter_max_A)))
+
+    # --- working grid
+    wa = default_working_angpix(angpix, d_min_A, lowpass_A) if working_angpix is None else float(working_angpix)
+    wa = max(wa, angpix)
+    factor = wa / angpix
+    if factor > 1.05:  # a crop by a few percent costs two big FFTs for nothing
+        wshape = _crop_shape(img.shape, factor)
+        work = _fourier_crop_to(img, wshape)
+    else:
+        wshape = img.shape
+        work = img
+    scale_y = img.shape[0] / wshape[0]
+    scale_x = img.shape[1] / wshape[1]
+    wa = angpix * 0.5 * (scale_x + scale_y)  # the exact pixel size of the working grid
+
+    work = _robust_normalise(work)
+    if not invert:
+        work = -work  # particles bright from here on; the LoG bank answers bright blobs
+
+    # --- multiscale LoG
+    diams_A, lo, hi = filter_diameters(d_min_A, d_max_A)
+    lp_px = lowpass_A / wa if lowpass_A else None
+    best, best_d, idx = best_response(work, diams_A / wa, lowpass_px=lp_px)
+
+    # --- usable area: border and junk
+    border = 0.5 * d_max_A if border_A is None else float(border_A)
+    b = int(math.ceil(border / wa))
+    excluded = np.zeros(wshape, dtype=bool)
+    if b > 0:
+        excluded[:b] = excluded[-b:] = True
+        excluded[:, :b] = excluded[:, -b:] = True
+    if use_junk_mask:
+        jm = junk_mask(work, wa, 0.5 * (d_min_A + d_max_A), invert=True, **(junk_kwargs or {}))
+        excluded |= jm
+    usable = ~excluded
+    if usable.sum() < 16:  # everything masked: fall back to the border only for statistics
+        usable = np.ones(wshape, dtype=bool)
+        if b > 0 and 2 * b < min(wshape):
+            usable[:b] = usable[-b:] = False
+            usable[:, :b] = usable[:, -b:] = False
+
+    vals = best[usable]
+    mu = float(vals.mean())
+    sd = float(vals.std()) or 1.0
+    fom_map = (best - np.float32(mu)) / np.float32(sd)
+    thr = float(adjust_threshold)
+    upper = None if upper_threshold is None or upper_threshold >= UPPER_OFF else float(upper_threshold)
+
+    # --- candidates: local maxima with an in-range best filter
+    rmin_px = max(1, int(round(0.125 * d_min_A / wa)))
+    foot = np.hypot(*np.mgrid[-rmin_px : rmin_px + 1, -rmin_px : rmin_px + 1]) <= rmin_px
+    local_max = best >= ndi.maximum_filter(best, footprint=foot, mode="nearest")
+    cand = local_max & ~excluded & (idx >= lo) & (idx < hi) & (fom_map > thr)
+    if upper is not None:
+        cand &= fom_map < upper
+    cy, cx = np.nonzero(cand)
+    cf = fom_map[cy, cx]
+    order = np.lexsort((cx, cy, -cf))  # by fom, ties by position: deterministic
+    cy, cx, cf = cy[order], cx[order], cf[order]
+    cd_A = best_d[cy, cx].astype(np.float64) * wa
+
+    keep = _greedy_disks(cy, cx, cd_A / wa, wshape, None if min_distance_A is None else min_distance_A / wa, top_k)
+    ky, kx = cy[keep], cx[keep]
+    # sub-pixel refinement would need a fit; pixel centres mapped back exactly (pixel 0 stays at 0)
+    x = kx.astype(np.float64) * scale_x
+    y = ky.astype(np.float64) * scale_y
+    return PickResult(
+        x=x,
+        y=y,
+        fom=cf[keep].astype(np.float64),
+        diameter_A=cd_A[keep],
+        threshold=thr,
+        upper_threshold=upper,
+        working_angpix=wa,
+        mask=excluded,
+        response=fom_map if return_response else None,
+        diameters_A=diams_A,
+        n_candidates=int(cy.size),
+    )
+
+
+def _greedy_disks(
+    cy: np.ndarray,
+    cx: np.ndarray,
+    diam_px: np.ndarray,
+    shape: tuple[int, int],
+    min_dist_px: float | None,
+    top_k: int | None,
+) -> np.ndarray:
+    """Indices of accepted candidates (input sorted best first); each acceptance blocks a disk.
+
+    A raster of blocked pixels makes every test O(1); painting a disk costs its area, so the total work
+    is (number of picks) x (particle area), independent of the number of candidates.
+    """
+    blocked = np.zeros(shape, dtype=bool)
+    ny, nx = shape
+    keep: list[int] = []
+    limit = np.inf if top_k is None else int(top_k)
+    if limit <= 0:
+        return np.zeros(0, dtype=np.intp)
+    disks: dict[int, np.ndarray] = {}
+    for i in range(cy.size):
+        y, x = int(cy[i]), int(cx[i])
+        if blocked[y, x]:
+            continue
+        keep.append(i)
+        if len(keep) >= limit:
+            break
+        r = 0.5 * float(diam_px[i]) if min_dist_px is None else float(min_dist_px)
+        key = int(round(r * 4))  # radii on a quarter-pixel grid: few distinct disks to build
+        disk = disks.get(key)
+        if disk is None:
+            rr = key / 4.0
+            ri0 = int(math.ceil(rr))
+            yy, xx = np.mgrid[-ri0 : ri0 + 1, -ri0 : ri0 + 1]
+            disk = (yy * yy + xx * xx) < rr * rr
+            disks[key] = disk
+        ri = disk.shape[0] // 2
+        y0, y1, x0, x1 = y - ri, y + ri + 1, x - ri, x + ri + 1
+        sy0, sx0 = max(0, -y0), max(0, -x0)
+        sy1 = disk.shape[0] - max(0, y1 - ny)
+        sx1 = disk.shape[1] - max(0, x1 - nx)
+        blocked[max(y0, 0) : min(y1, ny), max(x0, 0) : min(x1, nx)] |= disk[sy0:sy1, sx0:sx1]
+    return np.asarray(keep, dtype=np.intp)
