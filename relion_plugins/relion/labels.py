@@ -29,7 +29,7 @@ DTYPES: dict[str, np.dtype] = {
 
 # fmt: off
 _INT_LABELS = """
-randomSeed rlnAdaptiveOversampleOrder rlnAreaId rlnAutoLocalSearchesHealpixOrder rlnAverageNrOfFrames
+rlnAdaptiveOversampleOrder rlnAreaId rlnAutoLocalSearchesHealpixOrder rlnAverageNrOfFrames
 rlnBeamTiltClass rlnBodyKeepFixed rlnBodyRotateRelativeTo rlnClassIndex rlnClassNumber
 rlnCoarseImageSize rlnCurrentImageSize rlnCurrentIteration rlnDataDimensionality rlnDataType
 rlnEERGrouping rlnEERUpsampling rlnFourierSpaceInterpolator rlnGradEmIters rlnGradSubsetOrder
@@ -216,7 +216,12 @@ _EXTRA: dict[str, str] = {
 
 def _build() -> dict[str, str]:
     table: dict[str, str] = dict(_EXTRA)
-    for kind, names in ((INT, _INT_LABELS), (DOUBLE, _DOUBLE_LABELS), (BOOL, _BOOL_LABELS), (STRING, _STRING_LABELS)):
+    for kind, names in (
+        (INT, _INT_LABELS),
+        (DOUBLE, _DOUBLE_LABELS),
+        (BOOL, _BOOL_LABELS),
+        (STRING, _STRING_LABELS),
+    ):
         for name in names.split():
             table[name] = kind
     return table
