@@ -20,6 +20,7 @@ Frequencies are in Å⁻¹ on the numpy FFT grid: ``rfftfreq`` along x (last axi
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -65,28 +66,43 @@ def ctf_2d(
     ``bfactor`` (Å²) applies the envelope ``exp(-B k^2 / 4)``. Defocus in Å, positive = underfocus.
     """
     ny, nx = int(shape[0]), int(shape[1])
-    ky = np.fft.fftfreq(ny, d=angpix)
-    kx = np.fft.rfftfreq(nx, d=angpix) if rfft else np.fft.fftfreq(nx, d=angpix)
-    # float64 for the phase: chi reaches hundreds of radians at high defocus and fine sampling.
-    kx2 = (kx * kx)[None, :]
-    ky2 = (ky * ky)[:, None]
-    k2 = kx2 + ky2
+    k2, cos2a, sin2a = _polar_grid(ny, nx, float(angpix), bool(rfft), np.dtype(dtype))
     mean_df = 0.5 * (defocus_u_A + defocus_v_A)
     half_diff = 0.5 * (defocus_u_A - defocus_v_A)
     k1, k2c, k_const = _chi_terms(voltage_kV, cs_mm, amplitude_contrast, phase_shift_deg)
-    if half_diff != 0.0:
-        # cos(2 (a - angle)) = ((kx^2 - ky^2) cos 2t + 2 kx ky sin 2t) / k^2, avoiding arctan2 on the grid.
-        t = math.radians(defocus_angle_deg)
-        astig = (kx2 - ky2) * math.cos(2 * t) + 2.0 * kx[None, :] * ky[:, None] * math.sin(2 * t)
-        chi = k1 * (mean_df * k2 + half_diff * astig)
-    else:
-        chi = k1 * mean_df * k2
-    chi -= k2c * k2 * k2
+    # chi = k^2 (k1 df(a) - k2c k^2) + K with df(a) = mean + half cos(2(a - t)), built in place (each
+    # full-grid temporary costs as much as the arithmetic on a 4096^2 grid).
+    t = math.radians(defocus_angle_deg)
+    chi = np.multiply(cos2a, half_diff * math.cos(2 * t))
+    chi += sin2a * (half_diff * math.sin(2 * t))
+    chi += mean_df
+    chi *= k1
+    chi -= k2c * k2
+    chi *= k2
     chi += k_const
-    out = np.sin(chi)
+    # sin() is several times slower for large arguments; reduce to [-pi, pi] first (exact enough).
+    two_pi = 2.0 * math.pi
+    chi -= two_pi * np.round(chi * (1.0 / two_pi))
+    out = np.sin(chi, out=chi)
     if bfactor:
-        out *= np.exp(-0.25 * bfactor * k2)
-    return out.astype(dtype, copy=False)
+        out *= np.exp(k2 * (-0.25 * bfactor))
+    return out
+
+
+@functools.lru_cache(maxsize=2)
+def _polar_grid(ny: int, nx: int, angpix: float, rfft: bool, dtype: np.dtype):
+    """k^2, cos(2a), sin(2a) of the FFT grid (a = angle from the x axis); cached per image geometry."""
+    ky = np.fft.fftfreq(ny, d=angpix).astype(dtype)[:, None]
+    kx = (np.fft.rfftfreq(nx, d=angpix) if rfft else np.fft.fftfreq(nx, d=angpix)).astype(dtype)[None, :]
+    k2 = kx * kx + ky * ky
+    inv = np.divide(1.0, k2, out=np.zeros_like(k2), where=k2 > 0)
+    cos2a = (kx * kx - ky * ky) * inv
+    cos2a[0, 0] = 1.0
+    sin2a = (2.0 * kx * ky) * inv
+    arrays = (k2, cos2a, sin2a)
+    for a in arrays:
+        a.flags.writeable = False  # shared through the cache
+    return arrays
 
 
 def ctf_1d(

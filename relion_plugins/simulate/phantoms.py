@@ -90,16 +90,16 @@ def _phantom_blobs(name: str, rng: np.random.Generator) -> tuple[np.ndarray, np.
     """Centres (Å), sigmas (Å) and weights of the Gaussians of one phantom."""
     if name == "globular":
         # Dense core plus surface lumps: globular but not a featureless sphere.
-        c = np.vstack([_ball_points(rng, 28, 45.0), _ball_points(rng, 14, 55.0)])
+        c = np.vstack([_ball_points(rng, 30, 52.0), _ball_points(rng, 16, 62.0)])
         s = rng.uniform(9.0, 15.0, len(c))
     elif name == "small":
         c = _ball_points(rng, 14, 28.0)
         s = rng.uniform(7.0, 11.0, len(c))
     elif name == "twolobe":
         # Two lobes of different size along x, joined by a thinner neck.
-        big = _ball_points(rng, 26, 45.0) + np.array([-60.0, 0.0, 0.0])
-        lobe = _ball_points(rng, 16, 34.0) + np.array([72.0, 5.0, 0.0])
-        t = np.linspace(-25.0, 45.0, 7)
+        big = _ball_points(rng, 26, 48.0) + np.array([-68.0, 0.0, 0.0])
+        lobe = _ball_points(rng, 16, 36.0) + np.array([82.0, 5.0, 0.0])
+        t = np.linspace(-25.0, 50.0, 7)
         neck = np.stack([t, rng.normal(0, 4.0, 7), rng.normal(0, 4.0, 7)], axis=1)
         c = np.vstack([big, lobe, neck])
         s = np.concatenate([rng.uniform(10, 15, 26), rng.uniform(9, 13, 16), np.full(7, 11.0)])
@@ -128,7 +128,6 @@ def make_phantom(name: str, angpix: float, seed: int = 0) -> Volume:
     rng = np.random.default_rng([seed, sum(map(ord, name))])
     centres, sigmas, weights = _phantom_blobs(name, rng)
     n = _box_for(diameter, angpix)
-    # Weight by 1/sigma^3 would make small blobs dominate; density amplitude w keeps mass ~ w s^3.
     data = _render_gaussians(centres, sigmas, weights, n, angpix)
     return Volume(data=data, angpix=float(angpix), diameter_A=diameter, name=name)
 
