@@ -69,7 +69,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_coordinates
     from .relion.coords import read_coordinate_list
     from .simulate import make_project
-    from .simulate.project import read_truth
 
     project_dir = Path(args.dir).resolve()
     if project_dir.exists() and any(project_dir.iterdir()) and not args.force:
@@ -80,11 +79,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     print(f"Simulating {args.micrographs} micrographs in {project_dir} ...", flush=True)
     sim = make_project(project_dir, n_micrographs=args.micrographs, seed=args.seed)
-    print(f"  done in {time.monotonic() - t0:.1f} s: {sim.summary()}", flush=True)
+    print(f"  done in {time.monotonic() - t0:.1f} s: {sim.n_particles} particles of {sim.diameter_A:g} Å at "
+          f"{sim.angpix:g} Å/px, with ice, contaminants, carbon edges and aggregates", flush=True)
 
     job_dir = "External/job004/"
     d = sim.diameter_A
-    job_args = ["--in_mics", sim.micrographs_star_relative, "--diameter_min", f"{0.9 * d:g}",
+    job_args = ["--in_mics", sim.micrographs_star.relative_to(project_dir).as_posix(), "--diameter_min", f"{0.9 * d:g}",
                 "--diameter_max", f"{1.1 * d:g}"]
     print(f"Running the LoG picker as RELION would: rp-pick-log --o {job_dir} {' '.join(job_args)} --j {args.j}",
           flush=True)
@@ -96,7 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
 
     picks = read_coordinate_list(project_dir / job_dir / "autopick.star", project_dir)
-    truth = read_truth(project_dir)
+    truth = truth_tables(sim)
     radius = 0.5 * d / sim.angpix
     scores = evaluate_coordinates(picks, truth, radius_px=radius)
     print(f"LoG picker against the truth ({sum(len(t) for t in truth.values())} particles, match radius "
@@ -105,6 +105,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"(AUPR {scores['aupr']:.3f})")
     print(f"Pictures: {project_dir / job_dir / 'logfile.pdf'}")
     return 0
+
+
+def truth_tables(sim) -> dict:
+    """The simulator's truth as coordinate tables, keyed by micrograph name."""
+    import pandas as pd
+
+    return {name: pd.DataFrame({"rlnCoordinateX": xy[:, 0], "rlnCoordinateY": xy[:, 1]}) for name, xy in sim.truth.items()}
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -156,7 +163,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     sim = make_project(Path(args.dir), n_micrographs=args.micrographs, seed=args.seed,
                        shape=(args.size, args.size))
-    print(sim.summary())
+    print(f"{sim.project_dir}: {len(sim.micrograph_names)} micrographs, {sim.n_particles} particles; "
+          f"micrographs in {sim.micrographs_star}, truth in {sim.truth_star}")
     return 0
 
 
