@@ -27,22 +27,24 @@ JOB = "External/job004/"
 MICS_STAR = "CtfFind/job003/micrographs_ctf.star"
 
 
-def blob_micrograph(rng: np.random.Generator, n: int = 12, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Dark Gaussian blobs of the particle size on white noise, well separated."""
+def blob_micrograph(rng: np.random.Generator, n: int = 30, size: int = 384) -> tuple[np.ndarray, np.ndarray]:
+    """Dark particle-like blobs (Gaussian profile, SD 0.21 x diameter) on white noise, well separated."""
     yy, xx = np.mgrid[0:size, 0:size]
     image = rng.normal(0, 0.5, (size, size)).astype(np.float32)
     centres = []
     while len(centres) < n:
         c = rng.uniform(30, size - 30, 2)
-        if all(np.hypot(*(c - d)) > 40 for d in centres):
+        if all(np.hypot(*(c - d)) > 45 for d in centres):
             centres.append(c)
-    sigma = DIAMETER_A / ANGPIX / 2 / np.sqrt(2)
+    sigma = 0.21 * DIAMETER_A / ANGPIX
     for x, y in centres:
         image -= 2.0 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)).astype(np.float32)
     return image, np.array(centres)
 
 
-def write_micrographs_star(project: Path, names: list[str], angpix=(ANGPIX, ANGPIX), optics: bool = True) -> None:
+def write_micrographs_star(
+    project: Path, names: list[str], angpix=(ANGPIX, ANGPIX), optics: bool = True
+) -> None:
     """Two optics groups (alternating micrographs); their pixel sizes are ``angpix``."""
     blocks: dict = {}
     if optics:
@@ -82,8 +84,17 @@ def project(tmp_path: Path) -> Path:
 
 
 def run_log(project: Path, *extra: str, job: str = JOB) -> str:
-    args = ["--in_mics", MICS_STAR, "--diameter_min", str(0.8 * DIAMETER_A), "--diameter_max",
-            str(1.2 * DIAMETER_A), "--lowpass", "10", *extra]
+    args = [
+        "--in_mics",
+        MICS_STAR,
+        "--diameter_min",
+        str(0.8 * DIAMETER_A),
+        "--diameter_max",
+        str(1.2 * DIAMETER_A),
+        "--lowpass",
+        "10",
+        *extra,
+    ]
     return run_external_like_relion(project, job, "rp-pick-log", args, threads=2, timeout=300)
 
 
@@ -101,7 +112,9 @@ def test_log_job_writes_what_relion_needs(project: Path):
         assert (dist.min(axis=1) < 4).mean() >= 0.9, "few picks are not on a blob"
     listed = read_star(job / "autopick.star")["coordinate_files"]
     assert list(listed["rlnMicrographName"]) == [f"MotionCorr/job002/Movies/mic{i:03d}.mrc" for i in range(3)]
-    assert list(listed["rlnMicrographCoordinates"]) == [f"{JOB}Movies/mic{i:03d}_autopick.star" for i in range(3)]
+    assert list(listed["rlnMicrographCoordinates"]) == [
+        f"{JOB}Movies/mic{i:03d}_autopick.star" for i in range(3)
+    ]
     assert (job / "coords_suffix_autopick.star").read_text().strip() == MICS_STAR
     nodes = (job / ext.OUTPUT_NODES).read_text()
     assert f"{JOB}autopick.star MicrographCoordsGroup.star.relion.autopick" in nodes
@@ -155,14 +168,17 @@ def test_truncated_mrc(project: Path):
 
 
 def test_star_without_optics_table(project: Path):
-    write_micrographs_star(project, [f"MotionCorr/job002/Movies/mic{i:03d}.mrc" for i in range(3)], optics=False)
+    write_micrographs_star(
+        project, [f"MotionCorr/job002/Movies/mic{i:03d}.mrc" for i in range(3)], optics=False
+    )
     assert run_log(project) == ext.FAILURE
     _assert_clean_failure(project, "no data_optics table")
 
 
 def test_mixed_pixel_sizes(project: Path):
-    write_micrographs_star(project, [f"MotionCorr/job002/Movies/mic{i:03d}.mrc" for i in range(3)],
-                           angpix=(4.0, 2.0))
+    write_micrographs_star(
+        project, [f"MotionCorr/job002/Movies/mic{i:03d}.mrc" for i in range(3)], angpix=(4.0, 2.0)
+    )
     assert run_log(project) == ext.FAILURE
     _assert_clean_failure(project, "mixed pixel sizes")
 
@@ -174,7 +190,7 @@ def test_empty_micrograph_list(project: Path):
 
 
 def test_nan_image(project: Path):
-    image = np.zeros((256, 256), np.float32)
+    image = np.zeros((384, 384), np.float32)
     image[10, 10] = np.nan
     write_mrc(project / "MotionCorr/job002/Movies/mic000.mrc", image, ANGPIX)
     assert run_log(project) == ext.FAILURE
@@ -182,8 +198,10 @@ def test_nan_image(project: Path):
 
 
 def test_wrong_input_path(project: Path):
-    assert run_external_like_relion(project, JOB, "rp-pick-log", ["--in_mics", "CtfFind/job099/nope.star"]) \
+    assert (
+        run_external_like_relion(project, JOB, "rp-pick-log", ["--in_mics", "CtfFind/job099/nope.star"])
         == ext.FAILURE
+    )
     _assert_clean_failure(project, "CtfFind/job099/nope.star")
 
 
@@ -207,12 +225,31 @@ def test_relion_31_extracts_from_our_coordinates(project: Path):
     """RELION 3.1 has no coordinate list: --coord_dir + --coord_suffix works because our files mirror the tree."""
     assert run_log(project) == ext.SUCCESS
     n_picks = sum(len(t) for t in read_coordinate_list(project / JOB / "autopick.star", project).values())
-    cmd = ["relion_preprocess", "--i", MICS_STAR, "--coord_dir", JOB, "--coord_suffix", "_autopick.star",
-           "--part_star", "Extract/job005/particles.star", "--part_dir", "Extract/job005/", "--extract",
-           "--extract_size", "32", "--norm", "--bg_radius", "12", "--invert_contrast"]
+    cmd = [
+        "relion_preprocess",
+        "--i",
+        MICS_STAR,
+        "--coord_dir",
+        JOB,
+        "--coord_suffix",
+        "_autopick.star",
+        "--part_star",
+        "Extract/job005/particles.star",
+        "--part_dir",
+        "Extract/job005/",
+        "--extract",
+        "--extract_size",
+        "32",
+        "--norm",
+        "--bg_radius",
+        "12",
+        "--invert_contrast",
+    ]
     result = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     particles = read_star(project / "Extract/job005/particles.star")["particles"]
     assert n_picks > 20
     assert len(particles) == n_picks
-    assert set(particles["rlnMicrographName"]) == {f"MotionCorr/job002/Movies/mic{i:03d}.mrc" for i in range(3)}
+    assert set(particles["rlnMicrographName"]) == {
+        f"MotionCorr/job002/Movies/mic{i:03d}.mrc" for i in range(3)
+    }

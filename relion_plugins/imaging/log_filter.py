@@ -117,3 +117,51 @@ def best_response(
     if stack is not None:
         return best, best_d, idx, stack  # type: ignore[return-value]
     return best, best_d, idx
+
+
+def split_response(
+    image: np.ndarray,
+    diameters_px,
+    inside: slice,
+    *,
+    lowpass_px: float | None = None,
+    workers: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Best response over the filters ``diameters_px[inside]`` and over all the others, per pixel.
+
+    Returns ``(best_in, best_out, index_in, index_out)``: the maximum scale-normalised LoG response over the
+    in-range filters, the maximum over the out-of-range ones, and the (absolute) indices of both best filters.
+    A picker needs exactly these: a blob of the wanted size answers best inside the range, and comparing
+    with ``best_out`` tells how much better it answers there than to smaller or larger sizes.
+    One ``rfft2`` and one ``irfft2`` per filter, float32 throughout.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"split_response expects a 2D image, got shape {img.shape}")
+    diams = np.asarray(diameters_px, dtype=np.float64).ravel()
+    if diams.size == 0 or np.any(diams <= 0):
+        raise ValueError("diameters_px must be a non-empty list of positive values")
+    shape = img.shape
+    spec = sfft.rfft2(img - np.float32(img.mean()), workers=workers)
+    lp = gaussian_lowpass(shape, lowpass_px)
+    if lp is not None:
+        spec *= lp
+    k2 = _k2_grid(shape)
+    best_in = np.full(shape, -np.inf, dtype=np.float32)
+    best_out = np.full(shape, -np.inf, dtype=np.float32)
+    idx = np.zeros(shape, dtype=np.int16)
+    idx_out = np.zeros(shape, dtype=np.int16)
+    in_idx = set(range(diams.size)[inside])
+    for i, d in enumerate(diams):
+        a = np.float32(2.0 * math.pi**2 * diameter_to_sigma(d) ** 2)
+        filt = (2.0 * a) * k2 * np.exp(-a * k2)
+        resp = sfft.irfft2(spec * filt, s=shape, workers=workers)
+        if i in in_idx:
+            better = resp > best_in
+            best_in[better] = resp[better]
+            idx[better] = i
+        else:
+            better = resp > best_out
+            best_out[better] = resp[better]
+            idx_out[better] = i
+    return best_in, best_out, idx, idx_out

@@ -3,19 +3,20 @@
 No learned model: everything comes from robust (median / MAD) statistics of a strongly downsampled copy of
 the micrograph, so that a 4096² image costs a few tens of milliseconds.
 
-Three detectors, each on a grid of about a quarter particle diameter per pixel:
+Detectors, on a grid of about a quarter particle diameter per pixel (particles made bright first):
 
-1. *Intensity outliers*: after a low-pass at about the particle size, pixels much darker or brighter than the
-   micrograph's robust distribution. Contaminants and thick ice crystals are dark and far outside the range a
-   single protein particle reaches; holes and cracks are bright.
-2. *Regions differing from the majority*: local mean over a few particle diameters (carbon support is
-   darker or lighter than the thin ice over the hole, over a large area) and local standard deviation of the
-   particle-scale band (carbon has a different texture and aggregates a much larger variance).
-3. *Edges*: every bad region is grown by a particle radius (plus a margin) because a particle centred
-   within a radius of a contaminant or a carbon edge is either overlapped or a false "blob" made by the edge.
+1. *Large dark / bright blobs*: the particle-scale band (smoothed at d/4, background at 3 d removed) after a
+   grey opening with a disk of 1.5 diameters. The opening erases everything particle-sized, however strong,
+   so what survives above ``dark_sigma`` / ``bright_sigma`` robust SDs is larger than a particle:
+   contaminants, ice crystals, aggregates, cracks.
+2. *Regions differing from the majority*: an open-close filter removes particle-sized structure of both
+   signs, the rest is smoothed over a diameter and compared with the micrograph's median (carbon support,
+   thick ice, holes). Since most of a usable micrograph is good ice, the median describes the good area.
+3. *Edges*: the union is grown by half a diameter, because a particle centred within a radius of a
+   contaminant or a carbon edge is either overlapped or a false "blob" made by the edge.
 
-Outlier thresholds are in robust standard deviations (1.4826 * MAD) of the same quantity over the whole
-micrograph; since the majority of a usable micrograph is good ice, the median describes the good area.
+Known limit: in images of unrealistically high SNR (a lone particle 30x above the noise) the smoothed
+tails of a particle can survive the opening; at cryo-EM SNR this does not happen.
 """
 
 from __future__ import annotations
@@ -58,23 +59,27 @@ def junk_mask(
     diameter_A: float,
     *,
     invert: bool = False,
-    dark_sigma: float = 4.0,
-    bright_sigma: float = 5.0,
-    region_sigma: float = 4.0,
-    texture_sigma: float = 5.0,
-    min_area_particles: float = 0.5,
+    dark_sigma: float = 3.0,
+    bright_sigma: float = 3.0,
+    open_fraction: float = 1.5,
+    region_sigma: float = 5.0,
+    region_floor: float = 0.6,
     grow_fraction: float = 0.5,
     out_shape: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Return a boolean mask (True = bad area) of ``image``'s shape, or ``out_shape`` if given.
 
-    ``image`` is the micrograph (any pixel size ``angpix``), particles dark unless ``invert``;
-    ``diameter_A`` is the particle diameter. ``dark_sigma`` / ``bright_sigma``: thresholds (robust SD) for
-    particle-scale intensity outliers in the particle's contrast direction / the other one;
-    ``region_sigma``: local-mean outliers at a few diameters (carbon, thick ice); ``texture_sigma``: local
-    standard deviation outliers (upper side only: carbon texture, aggregates). Regions smaller than
-    ``min_area_particles`` particle areas are ignored (a single particle can be an outlier too); the rest
-    is grown by ``grow_fraction`` × diameter.
+    ``image`` is the micrograph (pixel size ``angpix``), particles dark unless ``invert``; ``diameter_A`` is
+    the particle diameter. Units: ``s0`` = robust SD of the particle-scale band (noise plus particles).
+
+    * ``dark_sigma`` / ``bright_sigma``: after a grey opening with a disk of ``open_fraction`` diameters,
+      which removes everything particle-sized, what is still above this many ``s0`` in the particle's
+      contrast direction / the other one is junk (contaminants, ice crystals / holes, cracks).
+    * ``region_sigma`` / ``region_floor``: the local mean over ~1 diameter, opened with a disk of 4 diameters, differs from the micrograph's
+      median by more than ``region_sigma`` robust SDs of that local mean and more than ``region_floor`` x
+      ``s0`` (carbon, thick ice, holes; the floor keeps uniform images from masking their own fluctuations).
+
+    The union is grown by ``grow_fraction`` x diameter, so picks on junk edges go too.
     """
     img = np.asarray(image, dtype=np.float32)
     full_shape = img.shape if out_shape is None else tuple(out_shape)
@@ -83,40 +88,41 @@ def junk_mask(
     f = max(int(d_px // 4), 1)
     small = _bin(img, f)
     if not invert:
-        small = -small  # particles (and contaminants) bright from here on
+        small = -small  # particles (and dark contaminants) bright from here on
     ds = d_px / f  # particle diameter on the small grid (~4 px)
-    bad = np.zeros(small.shape, dtype=bool)
 
-    # 1. particle-scale intensity outliers. sigma ~ d/4 smooths noise but keeps particle-sized junk.
+    # particle-scale band: smoothed at ~d/4, background over a few diameters removed (ice gradients)
     g = ndi.gaussian_filter(small, sigma=max(ds / 4.0, 0.7), mode="reflect")
-    # background at several diameters removed so that a slow ice gradient does not trigger the mask
-    bg = ndi.gaussian_filter(small, sigma=3.0 * ds, mode="reflect")
-    z = _robust_z(g - bg)
-    bad |= z > dark_sigma
-    bad |= z < -bright_sigma
+    band = g - ndi.gaussian_filter(small, sigma=3.0 * ds, mode="reflect")
+    s0 = float(np.median(np.abs(band - np.median(band)))) * _MAD_TO_SD or 1.0
+    z = (band - np.float32(np.median(band))) / np.float32(s0)
 
-    # 2a. local mean at ~2 diameters against the micrograph majority (carbon, thick ice, empty holes)
-    m = ndi.gaussian_filter(small, sigma=2.0 * ds, mode="reflect")
-    zm = _robust_z(m)
-    bad |= np.abs(zm) > region_sigma
-    # 2b. local SD of the particle band: aggregates and carbon texture have far more variance
-    band = g - ndi.gaussian_filter(small, sigma=ds, mode="reflect")
-    lv = ndi.gaussian_filter(band * band, sigma=2.0 * ds, mode="reflect")
-    ls = np.sqrt(np.maximum(lv, 0.0))
-    zs = _robust_z(ls)
-    bad |= zs > texture_sigma
+    # Size separates junk from particles better than strength does (a high-SNR particle can be as strong
+    # as ice): a grey opening with a disk of ~1.5 diameters erases every particle-sized bright structure
+    # and keeps anything larger at full strength.
+    foot = _disk(open_fraction * ds / 2.0)
+    bad = ndi.grey_opening(z, footprint=foot) > dark_sigma
+    bad |= ndi.grey_opening(-z, footprint=foot) > bright_sigma
 
-    # ignore isolated specks: at most a particle's worth of outlier pixels is plausibly a strong particle
+    # Large-area detector (carbon, thick ice, holes): first an open-close filter with the same disk erases
+    # every particle-sized structure of either sign, so that neither a lone strong particle nor a crowd of
+    # them shifts the local mean; what remains, smoothed over a diameter, is compared with the majority.
+    flat = ndi.grey_closing(ndi.grey_opening(g, footprint=foot), footprint=foot)
     if bad.any():
-        lab, n = ndi.label(bad)
-        if n:
-            areas = ndi.sum_labels(bad, lab, index=np.arange(1, n + 1))
-            min_area = min_area_particles * math.pi * (ds / 2.0) ** 2
-            keep = np.concatenate([[False], areas >= min_area])
-            bad = keep[lab]
-        grow = grow_fraction * ds
-        if grow > 0 and bad.any():
-            bad = ndi.binary_dilation(bad, structure=_disk(grow))
+        # Compact junk found above is already masked; left in, its strength would leak into the smoothed
+        # local mean and mask diameters of good ice around every contaminant.
+        near_junk = ndi.binary_dilation(bad, structure=_disk(max(ds / 2.0, 1.0)))
+        flat = np.where(
+            near_junk, np.float32(np.median(flat[~near_junk]) if (~near_junk).any() else 0.0), flat
+        )
+    m = ndi.gaussian_filter(flat, sigma=ds, mode="reflect")
+    med_m = float(np.median(m))
+    spread_m = max(float(np.median(np.abs(m - med_m))) * _MAD_TO_SD * region_sigma, region_floor * s0)
+    bad |= np.abs(m - med_m) > spread_m
+
+    grow = grow_fraction * ds
+    if grow > 0 and bad.any():
+        bad = ndi.binary_dilation(bad, structure=_disk(grow))
     return _resize_mask(bad, f, full_shape)
 
 
