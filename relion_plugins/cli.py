@@ -52,9 +52,15 @@ def run_external_like_relion(
     command = " ".join(shlex.quote(c) for c in job_command(executable))
     command += f" --o {job_dir} " + " ".join(shlex.quote(a) for a in args) + f" --j {threads}"
     with open(project_dir / job_dir / "note.txt", "a") as note:  # RELION records the command there
-        note.write(f" ++++ Executing new job on {time.ctime()}\n ++++ with the following command(s):\n{command}\n")
-    subprocess.run(["sh", "-c", f"{command} >> {job_dir}run.out 2>> {job_dir}run.err"], cwd=project_dir,
-                   timeout=timeout, check=False)
+        note.write(
+            f" ++++ Executing new job on {time.ctime()}\n ++++ with the following command(s):\n{command}\n"
+        )
+    subprocess.run(
+        ["sh", "-c", f"{command} >> {job_dir}run.out 2>> {job_dir}run.err"],
+        cwd=project_dir,
+        timeout=timeout,
+        check=False,
+    )
     for marker in (ext.SUCCESS, ext.FAILURE, ext.ABORTED):
         if (project_dir / job_dir / marker).exists():
             return marker
@@ -79,15 +85,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     print(f"Simulating {args.micrographs} micrographs in {project_dir} ...", flush=True)
     sim = make_project(project_dir, n_micrographs=args.micrographs, seed=args.seed)
-    print(f"  done in {time.monotonic() - t0:.1f} s: {sim.n_particles} particles of {sim.diameter_A:g} Å at "
-          f"{sim.angpix:g} Å/px, with ice, contaminants, carbon edges and aggregates", flush=True)
+    print(
+        f"  done in {time.monotonic() - t0:.1f} s: {sim.n_particles} particles of {sim.diameter_A:g} Å at "
+        f"{sim.angpix:g} Å/px, with ice, contaminants, carbon edges and aggregates",
+        flush=True,
+    )
 
     job_dir = "External/job004/"
     d = sim.diameter_A
-    job_args = ["--in_mics", sim.micrographs_star.relative_to(project_dir).as_posix(), "--diameter_min", f"{0.9 * d:g}",
-                "--diameter_max", f"{1.1 * d:g}"]
-    print(f"Running the LoG picker as RELION would: rp-pick-log --o {job_dir} {' '.join(job_args)} --j {args.j}",
-          flush=True)
+    job_args = [
+        "--in_mics",
+        sim.micrographs_star.relative_to(project_dir).as_posix(),
+        "--diameter_min",
+        f"{0.9 * d:g}",
+        "--diameter_max",
+        f"{1.1 * d:g}",
+    ]
+    print(
+        f"Running the LoG picker as RELION would: rp-pick-log --o {job_dir} {' '.join(job_args)} --j {args.j}",
+        flush=True,
+    )
     t0 = time.monotonic()
     marker = run_external_like_relion(project_dir, job_dir, "rp-pick-log", job_args, threads=args.j)
     print(f"  {marker} after {time.monotonic() - t0:.1f} s", flush=True)
@@ -99,10 +116,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     truth = truth_tables(sim)
     radius = 0.5 * d / sim.angpix
     scores = evaluate_coordinates(picks, truth, radius_px=radius)
-    print(f"LoG picker against the truth ({sum(len(t) for t in truth.values())} particles, match radius "
-          f"{radius:.1f} px):")
-    print(f"  precision {scores['precision']:.3f}  recall {scores['recall']:.3f}  F1 {scores['f1']:.3f}  "
-          f"(AUPR {scores['aupr']:.3f})")
+    print(
+        f"LoG picker against the truth ({sum(len(t) for t in truth.values())} particles, match radius "
+        f"{radius:.1f} px):"
+    )
+    print(
+        f"  precision {scores['precision']:.3f}  recall {scores['recall']:.3f}  F1 {scores['f1']:.3f}  "
+        f"(AUPR {scores['aupr']:.3f})"
+    )
     print(f"Pictures: {project_dir / job_dir / 'logfile.pdf'}")
     return 0
 
@@ -111,7 +132,10 @@ def truth_tables(sim) -> dict:
     """The simulator's truth as coordinate tables, keyed by micrograph name."""
     import pandas as pd
 
-    return {name: pd.DataFrame({"rlnCoordinateX": xy[:, 0], "rlnCoordinateY": xy[:, 1]}) for name, xy in sim.truth.items()}
+    return {
+        name: pd.DataFrame({"rlnCoordinateX": xy[:, 0], "rlnCoordinateY": xy[:, 1]})
+        for name, xy in sim.truth.items()
+    }
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -130,13 +154,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         import torch
 
         cuda = torch.cuda.is_available()
-        print(f"  {'torch':<11} {torch.__version__}; CUDA {'available' if cuda else 'not available'}"
-              + (f" (CUDA {torch.version.cuda})" if cuda else ""))
+        print(
+            f"  {'torch':<11} {torch.__version__}; CUDA {'available' if cuda else 'not available'}"
+            + (f" (CUDA {torch.version.cuda})" if cuda else "")
+        )
         for i in range(torch.cuda.device_count() if cuda else 0):
             props = torch.cuda.get_device_properties(i)
             print(f"    GPU {i}: {props.name}, {props.total_memory / 2**30:.1f} GiB")
     except Exception as exc:  # noqa: BLE001
-        print(f"  {'torch':<11} NOT USABLE ({type(exc).__name__}: {exc}); the training-free LoG picker still works")
+        print(
+            f"  {'torch':<11} NOT USABLE ({type(exc).__name__}: {exc}); the training-free LoG picker still works"
+        )
     print("RELION programs on PATH:")
     for prog in RELION_PROGRAMS:
         path = shutil.which(prog)
@@ -161,10 +189,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Write a simulated RELION project with ground truth."""
     from .simulate import make_project
 
-    sim = make_project(Path(args.dir), n_micrographs=args.micrographs, seed=args.seed,
-                       shape=(args.size, args.size))
-    print(f"{sim.project_dir}: {len(sim.micrograph_names)} micrographs, {sim.n_particles} particles; "
-          f"micrographs in {sim.micrographs_star}, truth in {sim.truth_star}")
+    sim = make_project(
+        Path(args.dir), n_micrographs=args.micrographs, seed=args.seed, shape=(args.size, args.size)
+    )
+    print(
+        f"{sim.project_dir}: {len(sim.micrograph_names)} micrographs, {sim.n_particles} particles; "
+        f"micrographs in {sim.micrographs_star}, truth in {sim.truth_star}"
+    )
     return 0
 
 
@@ -184,7 +215,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     picks = load(args.picks)
     truth = load(args.truth)
     radius = args.radius if args.radius > 0 else 0.5 * args.diameter / args.angpix
-    scores = evaluate_coordinates(picks, truth, radius_px=radius, threshold=args.threshold, border=args.border)
+    scores = evaluate_coordinates(
+        picks, truth, radius_px=radius, threshold=args.threshold, border=args.border
+    )
     for key in ("precision", "recall", "f1", "aupr", "best_f1", "best_threshold", "n_picks", "n_truth"):
         if key in scores:
             value = scores[key]
@@ -198,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
-    p.add_argument("--dir", default="relion_plugins_demo", help="project directory to create (default: %(default)s)")
+    p.add_argument(
+        "--dir", default="relion_plugins_demo", help="project directory to create (default: %(default)s)"
+    )
     p.add_argument("--micrographs", type=int, default=6, help="number of micrographs (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--j", type=int, default=2, help="threads for the picker (default: %(default)s)")
@@ -218,12 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__, description=cmd_evaluate.__doc__)
     p.add_argument("picks", help="autopick.star / manualpick.star coordinate list, or a particles STAR file")
     p.add_argument("truth", help="the true coordinates: a coordinate list or a particles-like STAR file")
-    p.add_argument("--diameter", type=float, default=200.0, help="particle diameter in Å (default: %(default)s)")
-    p.add_argument("--angpix", type=float, default=1.0, help="micrograph pixel size in Å (default: %(default)s)")
-    p.add_argument("--radius", type=float, default=0.0,
-                   help="match radius in pixels; 0 = half the diameter (default: %(default)s)")
+    p.add_argument(
+        "--diameter", type=float, default=200.0, help="particle diameter in Å (default: %(default)s)"
+    )
+    p.add_argument(
+        "--angpix", type=float, default=1.0, help="micrograph pixel size in Å (default: %(default)s)"
+    )
+    p.add_argument(
+        "--radius",
+        type=float,
+        default=0.0,
+        help="match radius in pixels; 0 = half the diameter (default: %(default)s)",
+    )
     p.add_argument("--threshold", type=float, default=None, help="score threshold for precision/recall/F1")
-    p.add_argument("--border", type=float, default=0.0, help="ignore picks and truth this close to the edge (px)")
+    p.add_argument(
+        "--border", type=float, default=0.0, help="ignore picks and truth this close to the edge (px)"
+    )
     p.add_argument("--project_dir", default=".", help="RELION project directory (default: %(default)s)")
     p.set_defaults(func=cmd_evaluate)
     return parser

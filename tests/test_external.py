@@ -20,7 +20,7 @@ from relion_plugins.relion import external as ext
 from relion_plugins.relion.external import JobFailed, JobSpec, Param, parse_command_line, tokenize_flags
 
 TOY_JOB = textwrap.dedent(
-    '''
+    """
     import sys, time
     from pathlib import Path
     from relion_plugins.relion.atomic import write_text
@@ -62,7 +62,7 @@ TOY_JOB = textwrap.dedent(
 
     if __name__ == "__main__":
         sys.exit(run_job(JOB))
-    '''
+    """
 )
 
 
@@ -80,7 +80,12 @@ def relion_command(project: Path, args: str, job: str = "External/job005/") -> s
 
 def start(project: Path, args: str = "", job: str = "External/job005/") -> subprocess.Popen:
     (project / job).mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     return subprocess.Popen(["sh", "-c", "exec " + relion_command(project, args, job)], cwd=project, env=env)
 
 
@@ -107,16 +112,39 @@ def wait_for(predicate, timeout: float) -> float:
 
 
 def test_tokenize_joins_split_values_and_keeps_bare_flags():
-    pairs, strays = tokenize_flags(["x", "--o", "External/job001/", "--label", "a", "b", "--flag", "--thr", "-1.5"])
+    pairs, strays = tokenize_flags(
+        ["x", "--o", "External/job001/", "--label", "a", "b", "--flag", "--thr", "-1.5"]
+    )
     assert strays == ["x"]
     assert pairs == [("o", "External/job001/"), ("label", "a b"), ("flag", None), ("thr", "-1.5")]
 
 
 def test_parse_command_line_types_unknown_flags_and_pipeline_control():
-    spec = JobSpec("t", "d", [Param("thr", 0.5, "h"), Param("n", 2, "h", int), Param("on", False, "h", bool)],
-                   run=lambda ctx: [], inputs=("in_mics",), required_inputs=("in_mics",))
-    argv = ["--o", "J/", "--in_mics", "m.star", "--thr", "0.25", "--on", "--n", "7", "--j", "4",
-            "--pipeline_control", "J/", "--mystery", "1"]
+    spec = JobSpec(
+        "t",
+        "d",
+        [Param("thr", 0.5, "h"), Param("n", 2, "h", int), Param("on", False, "h", bool)],
+        run=lambda ctx: [],
+        inputs=("in_mics",),
+        required_inputs=("in_mics",),
+    )
+    argv = [
+        "--o",
+        "J/",
+        "--in_mics",
+        "m.star",
+        "--thr",
+        "0.25",
+        "--on",
+        "--n",
+        "7",
+        "--j",
+        "4",
+        "--pipeline_control",
+        "J/",
+        "--mystery",
+        "1",
+    ]
     inputs, params, threads, warnings = parse_command_line(spec, argv)
     assert inputs == {"in_mics": "m.star"}
     assert params["thr"] == 0.25 and params["n"] == 7 and params["on"] is True
@@ -137,8 +165,14 @@ def test_parse_command_line_types_unknown_flags_and_pipeline_control():
     ],
 )
 def test_bad_parameter_values_give_one_line_reasons(argv, message):
-    spec = JobSpec("t", "d", [Param("thr", 0.5, "h"), Param("n", 2, "h", int), Param("on", False, "h", bool)],
-                   run=lambda ctx: [], inputs=("in_mics",), required_inputs=("in_mics",))
+    spec = JobSpec(
+        "t",
+        "d",
+        [Param("thr", 0.5, "h"), Param("n", 2, "h", int), Param("on", False, "h", bool)],
+        run=lambda ctx: [],
+        inputs=("in_mics",),
+        required_inputs=("in_mics",),
+    )
     extra = [] if not argv else ["--in_mics", "m.star"]
     with pytest.raises(JobFailed, match=message):
         parse_command_line(spec, ["--o", "J/", *extra, *argv])
@@ -171,7 +205,9 @@ def test_success_writes_outputs_nodes_then_marker(project: Path):
 
 
 def test_node_labels_follow_the_project_version(project: Path):
-    (project / "default_pipeline.star").write_text("# version 30001\n\ndata_pipeline_general\n\n_rlnPipeLineJobCounter 6\n")
+    (project / "default_pipeline.star").write_text(
+        "# version 30001\n\ndata_pipeline_general\n\n_rlnPipeLineJobCounter 6\n"
+    )
     job = run(project, "--n 1")
     assert "MicrographsCoords.star.relion.autopick" in (job / ext.OUTPUT_NODES).read_text()
     job = run(project, "--n 1 --relion_version 5", job="External/job006/")

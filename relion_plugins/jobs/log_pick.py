@@ -37,10 +37,19 @@ PARAMS = [
         float,
         "stddev",
     ),
-    Param("lowpass", 20.0, "low-pass filter before picking (like RELION's log_maxres)", float, "Å", minimum=0),
+    Param(
+        "lowpass", 20.0, "low-pass filter before picking (like RELION's log_maxres)", float, "Å", minimum=0
+    ),
     Param("invert", False, "particles are white on a dark background (like RELION's log_invert)", bool),
     Param("junk_mask", True, "remove picks on ice crystals, contaminants and carbon", bool),
-    Param("top_k", 0, "keep at most this many picks per micrograph, best first; 0 = all", int, "picks", minimum=0),
+    Param(
+        "top_k",
+        0,
+        "keep at most this many picks per micrograph, best first; 0 = all",
+        int,
+        "picks",
+        minimum=0,
+    ),
     Param(
         "min_distance",
         0.0,
@@ -95,11 +104,15 @@ def coordinates_table(x: np.ndarray, y: np.ndarray, fom: np.ndarray) -> pd.DataF
 def run(ctx: JobContext) -> list[OutputNode]:
     p = ctx.params
     if p["diameter_max"] < p["diameter_min"]:
-        raise JobFailed(f"--diameter_max {p['diameter_max']:g} Å is smaller than --diameter_min {p['diameter_min']:g} Å")
+        raise JobFailed(
+            f"--diameter_max {p['diameter_max']:g} Å is smaller than --diameter_min {p['diameter_min']:g} Å"
+        )
     override = p["angpix"] if p["angpix"] > 0 else None
     mics = read_micrographs(ctx.in_mics, ctx.project_dir, angpix_override=override)
     angpix = mics.angpix
-    ctx.log(f" {len(mics)} micrographs at {angpix:g} Å/px; diameters {p['diameter_min']:g}-{p['diameter_max']:g} Å")
+    ctx.log(
+        f" {len(mics)} micrographs at {angpix:g} Å/px; diameters {p['diameter_min']:g}-{p['diameter_max']:g} Å"
+    )
     by_name = {m.name: m for m in mics.items}
     todo = ctx.pending(by_name)
     if len(todo) < len(mics):
@@ -129,14 +142,18 @@ def run(ctx: JobContext) -> list[OutputNode]:
     pairs = [(name, coord_files[name].as_posix()) for name in by_name]
     list_path = write_coordinate_list(ctx.out_dir, pairs, name=p["pick_name"], mics_star=ctx.in_mics)
     n_total = sum(int(r.get("n", 0)) for k, r in ctx.done_items().items() if k in by_name)
-    ctx.log(f" {n_total} particles picked on {len(mics)} micrographs ({n_total / len(mics):.1f} per micrograph)")
+    ctx.log(
+        f" {n_total} particles picked on {len(mics)} micrographs ({n_total / len(mics):.1f} per micrograph)"
+    )
     nodes = [OutputNode(list_path.relative_to(ctx.out_dir).as_posix(), "coords", "autopick")]
     if _write_logfile(ctx, mics.items, coord_files, angpix):
         nodes.append(OutputNode("logfile.pdf", "logfile", "autopick"))
     return nodes
 
 
-def _write_logfile(ctx: JobContext, mics: list[Micrograph], coord_files: dict[str, Path], angpix: float) -> bool:
+def _write_logfile(
+    ctx: JobContext, mics: list[Micrograph], coord_files: dict[str, Path], angpix: float
+) -> bool:
     """logfile.pdf: picks drawn on a few micrographs and the figure-of-merit histogram."""
     from ..plots.figures import histogram_figure, picks_figure, write_pdf
 
@@ -146,15 +163,25 @@ def _write_logfile(ctx: JobContext, mics: list[Micrograph], coord_files: dict[st
         table = read_coordinates(coord_files[mic.name])
         if "rlnAutopickFigureOfMerit" in table:
             foms.append(table["rlnAutopickFigureOfMerit"].to_numpy(dtype=float))
-    figures = [histogram_figure(np.concatenate(foms) if foms else np.zeros(0), "Figure of merit of all picks",
-                                "rlnAutopickFigureOfMerit")]
+    figures = [
+        histogram_figure(
+            np.concatenate(foms) if foms else np.zeros(0),
+            "Figure of merit of all picks",
+            "rlnAutopickFigureOfMerit",
+        )
+    ]
     diameter_px = 0.5 * (p["diameter_min"] + p["diameter_max"]) / angpix
     for mic in mics[: p["nr_plots"]]:
         image, _ = read_mrc(mic.path)
         table = read_coordinates(coord_files[mic.name])
         figures.append(
-            picks_figure(image, table["rlnCoordinateX"].to_numpy(), table["rlnCoordinateY"].to_numpy(), diameter_px,
-                         f"{mic.name}: {len(table)} picks")
+            picks_figure(
+                image,
+                table["rlnCoordinateX"].to_numpy(),
+                table["rlnCoordinateY"].to_numpy(),
+                diameter_px,
+                f"{mic.name}: {len(table)} picks",
+            )
         )
     write_pdf(ctx.out_dir / "logfile.pdf", figures)
     return True
@@ -168,4 +195,3 @@ JOB = JobSpec(
     inputs=("in_mics",),
     required_inputs=("in_mics",),
 )
-

@@ -145,7 +145,9 @@ class Param:
 
 # Parameters every job understands besides RELION's own flags.
 COMMON_PARAMS = (
-    Param("relion_version", "auto", "node-type labels to write: 4, 5, or auto (from default_pipeline.star)", str),
+    Param(
+        "relion_version", "auto", "node-type labels to write: 4, 5, or auto (from default_pipeline.star)", str
+    ),
     Param("seed", 0, "random seed (results are deterministic for a seed)", int),
 )
 GPU_PARAM = Param("gpu", "", "GPU to use, e.g. 0; empty or -1 = CPU", str)
@@ -320,7 +322,11 @@ def tokenize_flags(argv: Sequence[str]) -> tuple[list[tuple[str, str | None]], l
 
 def help_text(spec: JobSpec) -> str:
     """``--help``: every flag RELION passes and every parameter with its default and unit."""
-    lines = [f"usage: {spec.name} --o External/jobNNN/ " + " ".join(f"--{i} FILE" for i in spec.inputs) + " [options]"]
+    lines = [
+        f"usage: {spec.name} --o External/jobNNN/ "
+        + " ".join(f"--{i} FILE" for i in spec.inputs)
+        + " [options]"
+    ]
     lines += ["", spec.description.strip(), "", "RELION flags:"]
     lines.append(f"  --{'o':<24} job directory, e.g. External/job012/ (required; every output goes there)")
     for flag in spec.inputs:
@@ -330,13 +336,18 @@ def help_text(spec: JobSpec) -> str:
     lines.append(f"  --{'pipeline_control':<24} accepted and ignored (RELION adds it to some commands)")
     lines += ["", "Parameters (RELION External job: paramN_label = name without --, paramN_value = value):"]
     lines += [p.help_line() for p in spec.all_params()]
-    lines += ["", "Unknown flags are ignored with a warning. Outputs, RELION_OUTPUT_NODES.star and exit markers",
-              "are written in the --o directory; progress goes to stdout (run.out), the failure reason to",
-              "stderr (run.err)."]
+    lines += [
+        "",
+        "Unknown flags are ignored with a warning. Outputs, RELION_OUTPUT_NODES.star and exit markers",
+        "are written in the --o directory; progress goes to stdout (run.out), the failure reason to",
+        "stderr (run.err).",
+    ]
     return "\n".join(lines)
 
 
-def parse_command_line(spec: JobSpec, argv: Sequence[str]) -> tuple[dict[str, str], dict[str, Any], int, list[str]]:
+def parse_command_line(
+    spec: JobSpec, argv: Sequence[str]
+) -> tuple[dict[str, str], dict[str, Any], int, list[str]]:
     """Parse RELION's flags and the job's parameters; return inputs, params, threads and warnings."""
     pairs, strays = tokenize_flags(argv)
     known = {p.name: p for p in spec.all_params()}
@@ -366,7 +377,9 @@ def parse_command_line(spec: JobSpec, argv: Sequence[str]) -> tuple[dict[str, st
         params[p.name] = p.convert(raw_params[p.name]) if p.name in raw_params else p.default
     for flag in spec.required_inputs:
         if flag not in inputs:
-            raise JobFailed(f"missing --{flag} ({RELION_INPUT_FLAGS[flag]}): set it in the External job's Input tab")
+            raise JobFailed(
+                f"missing --{flag} ({RELION_INPUT_FLAGS[flag]}): set it in the External job's Input tab"
+            )
     for flag, value in inputs.items():
         if flag not in spec.inputs:
             warnings.append(f"--{flag} {value} is not used by {spec.name}")
@@ -424,7 +437,10 @@ def write_output_nodes(out_dir: Path, nodes: Iterable[OutputNode], version: int)
         rows.append(f"{_star_token(name)} {label}")
     text = (
         f"# version {star_version_number(version)}\n\ndata_output_nodes\n\nloop_\n"
-        "_rlnPipeLineNodeName #1\n_rlnPipeLineNodeTypeLabel #2\n" + "\n".join(rows) + ("\n" if rows else "") + "\n"
+        "_rlnPipeLineNodeName #1\n_rlnPipeLineNodeTypeLabel #2\n"
+        + "\n".join(rows)
+        + ("\n" if rows else "")
+        + "\n"
     )
     path = out_dir / OUTPUT_NODES
     write_text(path, text)
@@ -599,7 +615,9 @@ def _execute(spec: JobSpec, argv: list[str], out_dir: Path, markers: _Markers) -
     from .. import __version__
 
     ctx.log(f"{spec.name} (relion-plugins {__version__}): {shlex.join([spec.name, *argv])}")
-    ctx.log(f" RELION {version} node labels; {threads} thread(s)" + ("; continuing" if ctx.is_continue else ""))
+    ctx.log(
+        f" RELION {version} node labels; {threads} thread(s)" + ("; continuing" if ctx.is_continue else "")
+    )
     for w in warnings:
         ctx.warn(w)
     stop = threading.Event()

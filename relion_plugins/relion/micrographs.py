@@ -81,7 +81,9 @@ def read_micrographs(
     table = blocks.get("micrographs")
     if table is None:
         # RELION 3.0 files keep the micrographs in the unnamed/first block.
-        table = next((b for b in blocks.values() if isinstance(b, pd.DataFrame) and "rlnMicrographName" in b), None)
+        table = next(
+            (b for b in blocks.values() if isinstance(b, pd.DataFrame) and "rlnMicrographName" in b), None
+        )
     if not isinstance(table, pd.DataFrame) or "rlnMicrographName" not in table.columns:
         raise MicrographsError(f"{star_path}: no micrographs table with rlnMicrographName")
     if len(table) == 0:
@@ -95,7 +97,9 @@ def read_micrographs(
         )
         if size_label is None and angpix_override is None:
             raise MicrographsError(f"{star_path}: the optics table has no rlnMicrographPixelSize")
-        groups = optics["rlnOpticsGroup"] if "rlnOpticsGroup" in optics else pd.Series(range(1, len(optics) + 1))
+        groups = (
+            optics["rlnOpticsGroup"] if "rlnOpticsGroup" in optics else pd.Series(range(1, len(optics) + 1))
+        )
         if size_label is not None:
             pixel_sizes = {int(g): float(a) for g, a in zip(groups, optics[size_label])}
     elif angpix_override is None:
@@ -117,7 +121,9 @@ def read_micrographs(
         elif group in pixel_sizes:
             angpix = pixel_sizes[group]
         else:
-            raise MicrographsError(f"{star_path}: micrograph {name} has optics group {group}, not in data_optics")
+            raise MicrographsError(
+                f"{star_path}: micrograph {name} has optics group {group}, not in data_optics"
+            )
         if not (math.isfinite(angpix) and angpix > 0):
             raise MicrographsError(f"{star_path}: invalid pixel size {angpix} for optics group {group}")
         path = Path(name) if os.path.isabs(name) else project / name
