@@ -76,8 +76,11 @@ def test_pad_then_crop_is_identity_and_stack_axes():
         assert up.shape == (3, *big)
         assert up.mean() == pytest.approx(img.mean(), abs=1e-5)
         np.testing.assert_allclose(F.fourier_crop(up, shape), img, atol=1e-4)
-        np.testing.assert_allclose(F.fourier_crop(img[1], (shape[0] // 2, shape[1] // 2)),
-                                   F.fourier_crop(img, (shape[0] // 2, shape[1] // 2))[1], atol=1e-5)
+        np.testing.assert_allclose(
+            F.fourier_crop(img[1], (shape[0] // 2, shape[1] // 2)),
+            F.fourier_crop(img, (shape[0] // 2, shape[1] // 2))[1],
+            atol=1e-5,
+        )
 
 
 def test_pad_interpolates_a_sine():

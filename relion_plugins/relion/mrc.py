@@ -23,7 +23,6 @@ from pathlib import Path
 import mrcfile
 import mrcfile.utils
 import numpy as np
-
 from mrcfile.dtypes import HEADER_DTYPE
 
 from .atomic import atomic_path
@@ -156,7 +155,9 @@ def _header_info(path: str | os.PathLike) -> MrcInfo:
     expected = offset + nx * ny * nz * dtype.itemsize
     if file_size < expected:
         what = "truncated" if has_map_id else "not an MRC file or truncated"
-        raise MrcError(f"{p}: {what}: {file_size} bytes, header needs {expected} ({nx}x{ny}x{nz}, mode {mode})")
+        raise MrcError(
+            f"{p}: {what}: {file_size} bytes, header needs {expected} ({nx}x{ny}x{nz}, mode {mode})"
+        )
 
     # Pixel size = cell length / sampling; 0 when unset (mx = 0 or cell = 0 in many files).
     # The header holds float32; take the shortest decimal that round-trips it (7.08, not 7.0799999237).
