@@ -269,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--border", type=float, default=0.0, help="ignore picks and truth this close to the edge (px)"
     )
+    p.add_argument("--micrograph_size", type=int, nargs=2, metavar=("NX", "NY"), help="micrograph size in pixels")
     p.add_argument("--project_dir", default=".", help="RELION project directory (default: %(default)s)")
     p.set_defaults(func=cmd_evaluate)
     return parser
