@@ -30,6 +30,7 @@ diameter ``d``. The pass band of ``H`` peaks at ``|k| = 1 / (sqrt(2) pi sigma) =
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.fft as sfft
@@ -72,6 +73,34 @@ def gaussian_lowpass(shape: tuple[int, int], cutoff_px: float | None) -> np.ndar
     return np.exp(-0.5 * _k2_grid(tuple(shape)) / np.float32(kc * kc)).astype(np.float32)
 
 
+def log_responses(
+    image: np.ndarray, diameters_px, *, lowpass_px: float | None = None, workers: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(i, response)`` for each filter: one ``rfft2`` of the image, one ``irfft2`` per filter.
+
+    Responses are scale-normalised LoG responses (bright blobs positive), float32 (complex64 spectra).
+    ``lowpass_px`` optionally applies a Gaussian low-pass (resolution in pixels) first; ``workers`` is passed
+    to ``scipy.fft`` (threads). Yielding one response at a time keeps memory at two images.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"LoG filtering expects a 2D image, got shape {img.shape}")
+    diams = np.asarray(diameters_px, dtype=np.float64).ravel()
+    if diams.size == 0 or np.any(diams <= 0):
+        raise ValueError("diameters_px must be a non-empty list of positive values")
+    shape = img.shape
+    # scipy.fft keeps float32 -> complex64 on every numpy version and can use several threads
+    spec = sfft.rfft2(img - np.float32(img.mean()), workers=workers)
+    lp = gaussian_lowpass(shape, lowpass_px)
+    if lp is not None:
+        spec *= lp
+    k2 = _k2_grid(shape)
+    for i, d in enumerate(diams):
+        a = np.float32(2.0 * math.pi**2 * diameter_to_sigma(d) ** 2)
+        filt = (2.0 * a) * k2 * np.exp(-a * k2)
+        yield i, sfft.irfft2(spec * filt, s=shape, workers=workers)
+
+
 def best_response(
     image: np.ndarray,
     diameters_px,
@@ -82,32 +111,15 @@ def best_response(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-pixel best scale-normalised LoG response over ``diameters_px`` (bright blobs respond positively).
 
-    One ``rfft2`` of the image and one ``irfft2`` per filter, all in float32 (complex64). Returns
-    ``(best_value, best_diameter_px, best_index)``, each ``[ny, nx]``. ``lowpass_px`` optionally applies a
-    Gaussian low-pass (resolution in pixels) to the image first. With ``return_all`` a fourth element, the
-    stack of all responses ``[n, ny, nx]``, is appended (memory heavy; for diagnostics). ``workers`` is
-    passed to ``scipy.fft`` (threads).
+    Returns ``(best_value, best_diameter_px, best_index)``, each ``[ny, nx]``. With ``return_all`` a fourth
+    element, the stack of all responses ``[n, ny, nx]``, is appended (memory heavy; for diagnostics).
     """
-    img = np.asarray(image, dtype=np.float32)
-    if img.ndim != 2:
-        raise ValueError(f"best_response expects a 2D image, got shape {img.shape}")
     diams = np.asarray(diameters_px, dtype=np.float64).ravel()
-    if diams.size == 0 or np.any(diams <= 0):
-        raise ValueError("diameters_px must be a non-empty list of positive values")
-    shape = img.shape
-    # scipy.fft keeps float32 -> complex64 on every numpy version and can use several threads
-    spec = sfft.rfft2(img - np.float32(img.mean()), workers=workers)
-    lp = gaussian_lowpass(shape, lowpass_px)
-    if lp is not None:
-        spec = spec * lp
-    k2 = _k2_grid(shape)
+    shape = np.shape(image)
     best = np.full(shape, -np.inf, dtype=np.float32)
     idx = np.zeros(shape, dtype=np.int16)
-    stack = np.empty((diams.size,) + shape, dtype=np.float32) if return_all else None
-    for i, d in enumerate(diams):
-        a = np.float32(2.0 * math.pi**2 * diameter_to_sigma(d) ** 2)
-        filt = (2.0 * a) * k2 * np.exp(-a * k2)
-        resp = sfft.irfft2(spec * filt, s=shape, workers=workers)
+    stack = np.empty((diams.size,) + tuple(shape), dtype=np.float32) if return_all else None
+    for i, resp in log_responses(image, diams, lowpass_px=lowpass_px, workers=workers):
         better = resp > best
         best[better] = resp[better]
         idx[better] = i
@@ -133,35 +145,17 @@ def split_response(
     in-range filters, the maximum over the out-of-range ones, and the (absolute) indices of both best filters.
     A picker needs exactly these: a blob of the wanted size answers best inside the range, and comparing
     with ``best_out`` tells how much better it answers there than to smaller or larger sizes.
-    One ``rfft2`` and one ``irfft2`` per filter, float32 throughout.
     """
-    img = np.asarray(image, dtype=np.float32)
-    if img.ndim != 2:
-        raise ValueError(f"split_response expects a 2D image, got shape {img.shape}")
     diams = np.asarray(diameters_px, dtype=np.float64).ravel()
-    if diams.size == 0 or np.any(diams <= 0):
-        raise ValueError("diameters_px must be a non-empty list of positive values")
-    shape = img.shape
-    spec = sfft.rfft2(img - np.float32(img.mean()), workers=workers)
-    lp = gaussian_lowpass(shape, lowpass_px)
-    if lp is not None:
-        spec *= lp
-    k2 = _k2_grid(shape)
+    shape = np.shape(image)
     best_in = np.full(shape, -np.inf, dtype=np.float32)
     best_out = np.full(shape, -np.inf, dtype=np.float32)
     idx = np.zeros(shape, dtype=np.int16)
     idx_out = np.zeros(shape, dtype=np.int16)
     in_idx = set(range(diams.size)[inside])
-    for i, d in enumerate(diams):
-        a = np.float32(2.0 * math.pi**2 * diameter_to_sigma(d) ** 2)
-        filt = (2.0 * a) * k2 * np.exp(-a * k2)
-        resp = sfft.irfft2(spec * filt, s=shape, workers=workers)
-        if i in in_idx:
-            better = resp > best_in
-            best_in[better] = resp[better]
-            idx[better] = i
-        else:
-            better = resp > best_out
-            best_out[better] = resp[better]
-            idx_out[better] = i
+    for i, resp in log_responses(image, diams, lowpass_px=lowpass_px, workers=workers):
+        best, index = (best_in, idx) if i in in_idx else (best_out, idx_out)
+        better = resp > best
+        best[better] = resp[better]
+        index[better] = i
     return best_in, best_out, idx, idx_out
