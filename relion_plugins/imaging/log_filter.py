@@ -138,6 +138,7 @@ def split_response(
     *,
     lowpass_px: float | None = None,
     workers: int | None = None,
+    with_minima: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Best response over the filters ``diameters_px[inside]`` and over all the others, per pixel.
 
@@ -145,6 +146,8 @@ def split_response(
     in-range filters, the maximum over the out-of-range ones, and the (absolute) indices of both best filters.
     A picker needs exactly these: a blob of the wanted size answers best inside the range, and comparing
     with ``best_out`` tells how much better it answers there than to smaller or larger sizes.
+    ``with_minima`` appends the per-pixel minima over the same two filter sets: the best responses of the
+    contrast-inverted image, whose blobs are pure noise (a picker's reference for noise peaks).
     """
     diams = np.asarray(diameters_px, dtype=np.float64).ravel()
     shape = np.shape(image)
@@ -152,10 +155,16 @@ def split_response(
     best_out = np.full(shape, -np.inf, dtype=np.float32)
     idx = np.zeros(shape, dtype=np.int16)
     idx_out = np.zeros(shape, dtype=np.int16)
+    low_in = np.full(shape, np.inf, dtype=np.float32) if with_minima else None
+    low_out = np.full(shape, np.inf, dtype=np.float32) if with_minima else None
     in_idx = set(range(diams.size)[inside])
     for i, resp in log_responses(image, diams, lowpass_px=lowpass_px, workers=workers):
-        best, index = (best_in, idx) if i in in_idx else (best_out, idx_out)
+        best, index, low = (best_in, idx, low_in) if i in in_idx else (best_out, idx_out, low_out)
         better = resp > best
         best[better] = resp[better]
         index[better] = i
+        if low is not None:
+            np.minimum(low, resp, out=low)
+    if with_minima:
+        return best_in, best_out, idx, idx_out, low_in, low_out  # type: ignore[return-value]
     return best_in, best_out, idx, idx_out

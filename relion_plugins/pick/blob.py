@@ -180,14 +180,22 @@ def pick_blobs(
     # --- multiscale LoG: best in-range response, best out-of-range response
     diams_A, lo, hi = filter_diameters(d_min_A, d_max_A)
     lp_px = lowpass_A / wa if lowpass_A else None
-    r_in, r_out, idx, idx_out = split_response(
-        work, diams_A * SPHERE_FACTOR / wa, slice(lo, hi), lowpass_px=lp_px, workers=_workers()
+    r_in, r_out, idx, idx_out, n_in, n_out = split_response(
+        work,
+        diams_A * SPHERE_FACTOR / wa,
+        slice(lo, hi),
+        lowpass_px=lp_px,
+        workers=_workers(),
+        with_minima=True,
     )
     # A blob of the wanted size answers best inside the range; a speck or a large blob answers better
     # outside it. Rather than rejecting every pixel whose overall best filter is outside the range (noise
     # makes that happen to a large share of real particles), the score is the in-range response minus a
     # penalty for what the out-of-range filters see in excess of it.
     score = r_in - np.float32(OUT_PENALTY) * np.maximum(r_out - r_in, 0.0)
+    # The same score on the contrast-inverted micrograph: particles give no blobs there (they become holes),
+    # so its peaks sample the noise (and ice texture) of this very micrograph whatever the crowding or SNR.
+    noise_score = -n_in - np.float32(OUT_PENALTY) * np.maximum(n_in - n_out, 0.0)
 
     # --- usable area: border and junk
     border = 0.5 * d_max_A if border_A is None else float(border_A)
@@ -247,7 +255,16 @@ def pick_blobs(
     pf = cf[keep]
     if DEBUG is not None:  # diagnostics for benchmarks/tune_alog.py: all separated peaks
         DEBUG.update(pf=pf, py=cy[keep], px=cx[keep], sx=scale_x, sy=scale_y)
-    auto = _auto_threshold(pf)
+    if NOISE_REFERENCE:
+        nmax = noise_score >= ndi.maximum_filter(noise_score, footprint=foot, mode="nearest")
+        ny_, nx_ = np.nonzero(nmax & ~excluded & (-n_in >= np.float32(OUT_MARGIN) * -n_out))
+        nfom = (noise_score[ny_, nx_] - np.float32(mu)) / np.float32(sd)
+        norder = np.lexsort((nx_, ny_, -nfom))
+        mean_d = np.full(norder.size, 0.5 * (d_min_A + d_max_A) / wa * SUPPRESS_FACTOR)
+        nkeep = _greedy_disks(ny_[norder], nx_[norder], mean_d, wshape, None, None)
+        auto = _noise_threshold(nfom[norder][nkeep], pf)
+    else:
+        auto = _auto_threshold(pf)
     thr = auto + float(adjust_threshold)
     keep = keep[pf > thr]
     if top_k is not None:
@@ -275,6 +292,27 @@ def _workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+NOISE_REFERENCE = True
+NOISE_QUANTILE = 0.85
+CLEAN_SHARE = 0.7
+
+
+def _noise_threshold(noise_fom: np.ndarray, peak_fom: np.ndarray) -> float:
+    """Threshold that only a share ``1 - NOISE_QUANTILE`` of the noise-reference peaks exceed."""
+    if noise_fom.size < 8:
+        return _auto_threshold(peak_fom)
+    thr = float(np.quantile(noise_fom, NOISE_QUANTILE))
+    # Clean micrographs: when most peaks above the threshold also beat every noise-reference peak, the
+    # particles stand clear of the noise, and the noise peaks that the quantile lets through are all that is
+    # left between them: keep only what beats the whole noise reference.
+    top = float(noise_fom.max())
+    if np.count_nonzero(peak_fom > top) >= CLEAN_SHARE * np.count_nonzero(peak_fom > thr):
+        thr = top
+    med = float(np.median(noise_fom))
+    spread = float(np.median(np.abs(noise_fom - med))) * 1.4826
+    return _gap_above(peak_fom, thr, spread)
+
+
 GAP_K = 4.0
 GAP_MIN_ABOVE = 10
 
@@ -293,7 +331,13 @@ def _auto_threshold(peak_fom: np.ndarray) -> float:
     med = float(np.median(peak_fom))
     low = med - peak_fom[peak_fom < med]
     spread = float(np.median(low)) * 1.4826 if low.size else 0.0
-    thr = med + AUTO_K * spread
+    return _gap_above(peak_fom, med + AUTO_K * spread, spread)
+
+
+def _gap_above(peak_fom: np.ndarray, thr: float, spread: float) -> float:
+    """Move ``thr`` into the first clear gap of the peak foms above it, if there is one.
+
+    ``spread`` is the SD of the noise peaks."""
     # On clean micrographs the particle peaks stand apart from the noise peaks: the sorted foms above the
     # threshold jump by many noise SDs. Noise order statistics never jump that far (the top spacings of a
     # Gaussian sample are a fraction of its SD), so the lowest such jump separates noise from particles.
