@@ -16,13 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from relion_plugins.evaluate import border_mask, match_picks, prf  # noqa: E402
 from relion_plugins.pick.blob import pick_blobs  # noqa: E402
+from relion_plugins.relion.coords import read_coordinates  # noqa: E402
+from relion_plugins.relion.mrc import read_mrc  # noqa: E402
+from relion_plugins.simulate.micrograph import MicrographConfig, simulate_micrograph  # noqa: E402
 
-DATA = Path("/work/shared/data/real/empiar10017_bgal")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "empiar10017_bgal"
 ANGPIX = 7.08
 DIAM_A = 190.0
 RADIUS_PX = 13.5
@@ -48,133 +50,64 @@ SETTINGS: dict[str, dict] = {
 }
 
 
-def _read_mrc(path: Path) -> np.ndarray:
-    try:
-        from relion_plugins.relion.mrc import read_mrc
-
-        return read_mrc(path)[0]
-    except ImportError:  # pragma: no cover - module written concurrently
-        import mrcfile
-
-        with mrcfile.open(path, permissive=True) as m:
-            return np.asarray(m.data, dtype=np.float32)
-
-
-def _read_xy(path: Path) -> np.ndarray:
-    rows = []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and not line.lstrip().startswith(("_", "data_", "loop_", "#")):
-            try:
-                rows.append((float(parts[0]), float(parts[1])))
-            except ValueError:
-                continue
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 2)
-
-
-def match_count(picks: np.ndarray, truth: np.ndarray, radius: float) -> int:
-    """Number of one-to-one matches within ``radius`` (optimal assignment on the close pairs)."""
-    try:
-        from relion_plugins.evaluate import match_picks
-
-        res = match_picks(picks, truth, radius)
-        for attr in ("n_tp", "tp"):
-            if hasattr(res, attr):
-                v = getattr(res, attr)
-                return int(v if np.isscalar(v) else np.sum(v))
-        if isinstance(res, tuple):
-            return int(len(res[0]))
-    except ImportError:
-        pass
-    from scipy.optimize import linear_sum_assignment
-    from scipy.spatial.distance import cdist
-
-    if len(picks) == 0 or len(truth) == 0:
-        return 0
-    dist = cdist(picks, truth)
-    big = 1e6
-    cost = np.where(dist <= radius, dist, big)
-    r, c = linear_sum_assignment(cost)
-    return int(np.sum(cost[r, c] < big))
-
-
-def _inside(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    ny, nx = shape
-    return (
-        (xy[:, 0] >= BORDER_PX)
-        & (xy[:, 0] < nx - BORDER_PX)
-        & (xy[:, 1] >= BORDER_PX)
-        & (xy[:, 1] < ny - BORDER_PX)
-    )
+def _score(items, kwargs: dict) -> dict:
+    """Pooled P/R/F1 over ``(image, angpix, truth_xy, (d_min_A, d_max_A), radius_px, border_px)`` items."""
+    tp = n_pick = n_true = n_items = 0
+    t_total = 0.0
+    for img, angpix, truth, (d_min, d_max), radius, border in items:
+        n_items += 1
+        kw = dict(kwargs)
+        d_min, d_max = kw.pop("diameters_A", (d_min, d_max))
+        t0 = time.perf_counter()
+        res = pick_blobs(img, angpix, d_min, d_max, **kw)
+        t_total += time.perf_counter() - t0
+        picks = res.xy[border_mask(res.xy, img.shape, border)]
+        truth = truth[border_mask(truth, img.shape, border)]
+        tp += match_picks(picks, truth, radius).tp
+        n_pick += len(picks)
+        n_true += len(truth)
+    precision, recall, f1 = prf(tp, n_pick, n_true)
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "picks": n_pick,
+        "truth": n_true,
+        "s_per_mic": t_total / max(n_items, 1),
+    }
 
 
 def score_empiar(names: list[str], kwargs: dict) -> dict:
-    tp = n_pick = n_true = 0
-    t_total = 0.0
-    for name in names:
-        img = _read_mrc(DATA / "micrographs" / f"{name}.mrc")
-        truth = _read_xy(DATA / "coordinates" / f"{name}.star")
-        t0 = time.perf_counter()
-        kw = dict(kwargs)
-        d_min, d_max = kw.pop("diameters_A", (0.8 * DIAM_A, 1.2 * DIAM_A))
-        res = pick_blobs(img, ANGPIX, d_min, d_max, **kw)
-        t_total += time.perf_counter() - t0
-        picks = res.xy[_inside(res.xy, img.shape)]
-        truth = truth[_inside(truth, img.shape)]
-        tp += match_count(picks, truth, RADIUS_PX)
-        n_pick += len(picks)
-        n_true += len(truth)
-    p = tp / max(n_pick, 1)
-    r = tp / max(n_true, 1)
-    f1 = 2 * p * r / max(p + r, 1e-12)
-    return {
-        "precision": p,
-        "recall": r,
-        "f1": f1,
-        "picks": n_pick,
-        "truth": n_true,
-        "s_per_mic": t_total / len(names),
-    }
+    """EMPIAR-10017 micrographs by name; diameters 0.8-1.2 x 190 Å unless the setting gives them."""
+
+    def items():
+        for name in names:
+            img, _ = read_mrc(DATA / "micrographs" / f"{name}.mrc")
+            truth = read_coordinates(DATA / "coordinates" / f"{name}.star")
+            xy = truth[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(dtype=float)
+            yield img, ANGPIX, xy, (0.8 * DIAM_A, 1.2 * DIAM_A), RADIUS_PX, BORDER_PX
+
+    return _score(items(), kwargs)
 
 
-def score_simulated(seeds: list[int], kwargs: dict) -> dict | None:
-    """Pooled P/R/F1 on simulated micrographs (default simulator settings, junk included)."""
-    try:
-        from relion_plugins.simulate.micrograph import MicrographConfig, simulate_micrograph
-    except ImportError:
-        return None
-    tp = n_pick = n_true = 0
-    t_total = 0.0
-    for seed in seeds:
-        sim = simulate_micrograph(MicrographConfig(), seed)
-        d_A = sim.diameter_A
-        kw = dict(kwargs)
-        kw.pop("diameters_A", None)  # EMPIAR-specific
-        t0 = time.perf_counter()
-        res = pick_blobs(sim.image, sim.angpix, 0.8 * d_A, 1.2 * d_A, **kw)
-        t_total += time.perf_counter() - t0
-        r_px = 0.5 * d_A / sim.angpix
-        ny, nx = sim.image.shape
+def score_simulated(seeds: list[int], kwargs: dict) -> dict:
+    """Simulated micrographs (default simulator settings, junk included); border = particle radius."""
+    kwargs = {k: v for k, v in kwargs.items() if k != "diameters_A"}  # EMPIAR-specific
 
-        def inside(xy, b=r_px, ny=ny, nx=nx):
-            return (xy[:, 0] >= b) & (xy[:, 0] < nx - b) & (xy[:, 1] >= b) & (xy[:, 1] < ny - b)
+    def items():
+        for seed in seeds:
+            sim = simulate_micrograph(MicrographConfig(), seed)
+            r_px = 0.5 * sim.diameter_A / sim.angpix
+            yield (
+                sim.image,
+                sim.angpix,
+                sim.particles,
+                (0.8 * sim.diameter_A, 1.2 * sim.diameter_A),
+                r_px,
+                r_px,
+            )
 
-        picks = res.xy[inside(res.xy)]
-        truth = sim.particles[inside(sim.particles)]
-        tp += match_count(picks, truth, r_px)
-        n_pick += len(picks)
-        n_true += len(truth)
-    p = tp / max(n_pick, 1)
-    r = tp / max(n_true, 1)
-    f1 = 2 * p * r / max(p + r, 1e-12)
-    return {
-        "precision": p,
-        "recall": r,
-        "f1": f1,
-        "picks": n_pick,
-        "truth": n_true,
-        "s_per_mic": t_total / len(seeds),
-    }
+    return _score(items(), kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
