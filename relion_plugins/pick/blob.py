@@ -1,23 +1,21 @@
 """Adaptive LoG (A-LoG) blob picker: multiscale scale-normalised LoG, junk mask, greedy disk suppression.
 
-Pipeline (all on a *working* copy of the micrograph, Fourier-cropped so that the particle is ~20-40 px):
+Pipeline (on a *working* copy of the micrograph, Fourier-cropped so that the smallest particle is ~16 px):
 
 1. Robust normalisation (median / MAD) and sign flip so that particles are bright.
 2. Eleven LoG filters (``imaging.log_filter``), geometric diameters: 4 below ``d_min``, 3 in
-   ``[d_min, d_max]`` (``d_min``, ``sqrt(d_min d_max)``, ``d_max``) and 4 above ``d_max``. The in-range step is
-   ``q = sqrt(d_max / d_min)``; outside the range the step is ``max(q, 1.2)`` so that the out-of-range
-   filters still probe clearly different sizes when the range is narrow. Per pixel we keep the best response
-   and its filter. A pixel whose best filter is outside the range looks like a blob of the wrong size
-   (ice grains, noise specks, large junk) and is not a peak candidate.
-3. Figure of merit: ``fom = (best - mean) / std`` with mean and SD of the best-response map over the usable
-   area (inside the border, outside the junk mask). It is dimensionless and comparable between micrographs
-   (RELION's ``log_adjust_thr`` / ``log_upper_thr`` use the same units), so ``fom > adjust_threshold`` is
-   the threshold; ``upper_threshold`` rejects responses that are too strong (dark junk). The default
-   threshold 0 is "mean of the best responses".
-4. Candidates are local maxima of the best-response map; sorted by ``fom`` they are accepted greedily, each
-   accepted peak suppressing a disk of its detected diameter (radius = diameter / 2, or ``min_distance_A``).
-   This is RELION's iterative "take the highest peak, zero a disk" done on the few thousand local maxima
-   instead of on all pixels.
+   ``[d_min, d_max]`` (``d_min``, ``sqrt(d_min d_max)``, ``d_max``) and 4 above ``d_max``, each tuned to
+   ``SPHERE_FACTOR`` x the diameter. Per pixel: the best in-range and the best out-of-range response.
+3. Score = in-range response minus how much the out-of-range filters see beyond it. Blobs whose best filter
+   is two or more steps out of range (specks, large junk) are not candidates; RELION's stricter rule (any
+   out-of-range best filter) rejects most real particles, because noise moves the best filter one step.
+4. Figure of merit: ``fom = (score - mean) / std`` over the usable area (inside the border, outside the
+   junk mask), comparable between micrographs.
+5. Candidates are local maxima, sorted by fom and accepted greedily, each suppressing a disk of
+   ``SUPPRESS_FACTOR`` x its detected diameter (or ``min_distance_A``).
+6. Threshold: the same score on the contrast-inverted micrograph has only noise peaks; the default passes
+   a share ``1 - NOISE_QUANTILE`` of them (raised on clean micrographs, see ``_noise_threshold``).
+   ``adjust_threshold`` is added, like RELION's ``log_adjust_thr``; ``upper_threshold`` drops picks above it.
 """
 
 from __future__ import annotations
@@ -50,7 +48,6 @@ OUT_PENALTY = 1.0
 OUT_MARGIN = 0.7
 SUPPRESS_FACTOR = 0.5
 AUTO_K = 1.5
-DEBUG = None
 TARGET_PX = 16.0
 
 
@@ -62,7 +59,7 @@ class PickResult:
     y: np.ndarray
     fom: np.ndarray
     diameter_A: np.ndarray
-    threshold: float  # lower threshold used, in fom units (mean + adjust * std of best responses)
+    threshold: float  # lower threshold used, in fom units (automatic threshold + adjust_threshold)
     upper_threshold: float | None  # in fom units, None when off
     working_angpix: float
     mask: np.ndarray | None = None  # bool, working grid, True = excluded (junk or border)
@@ -93,7 +90,7 @@ def filter_diameters(d_min: float, d_max: float) -> tuple[np.ndarray, int, int]:
 
 
 def default_working_angpix(angpix: float, d_min_A: float, lowpass_A: float | None) -> float:
-    """Pixel size at which the smallest in-range particle is ~20 px, never finer than the data.
+    """Pixel size at which the smallest in-range particle is ~TARGET_PX (16) px, never finer than the data.
 
     Capped at ``lowpass_A / 2`` (its Nyquist) so that cropping never removes what the low-pass keeps.
     """
@@ -141,8 +138,8 @@ def pick_blobs(
     the best-response map above its mean (RELION's ``log_adjust_thr`` / ``log_upper_thr``; ``None`` or
     >= 999 switches the upper limit off). ``lowpass_A``: Gaussian low-pass resolution before filtering.
     ``top_k``: keep at most this many picks (highest fom first; for pseudo-labels). ``min_distance_A``:
-    suppression radius (default: half the detected diameter). ``working_angpix``: pixel size to work at
-    (default: smallest particle ~20 px). ``border_A``: no picks closer than this to the edge (default: half
+    minimum distance between picks (default: a disk of ``SUPPRESS_FACTOR`` x the detected diameter).
+    ``working_angpix``: pixel size to work at (default: smallest particle ~16 px). ``border_A``: no picks closer than this to the edge (default: half
     the largest diameter).
     """
     img = np.asarray(image, dtype=np.float32)
@@ -253,8 +250,6 @@ def pick_blobs(
     # The greedy pass is order-preserving: the picks above any threshold are the same whether or not the
     # weaker candidates took part, so the whole set of separated peaks is found once and cut afterwards.
     pf = cf[keep]
-    if DEBUG is not None:  # diagnostics for benchmarks/tune_alog.py: all separated peaks
-        DEBUG.update(pf=pf, py=cy[keep], px=cx[keep], sx=scale_x, sy=scale_y)
     if NOISE_REFERENCE:
         nmax = noise_score >= ndi.maximum_filter(noise_score, footprint=foot, mode="nearest")
         ny_, nx_ = np.nonzero(nmax & ~excluded & (-n_in >= np.float32(OUT_MARGIN) * -n_out))

@@ -448,6 +448,7 @@ def write_output_nodes(out_dir: Path, nodes: Iterable[OutputNode], version: int)
 
 
 def _star_token(value: str) -> str:
+    # not relion.star: the runtime stays stdlib-only so that a broken numpy/pandas still gets a marker
     return f'"{value}"' if (not value or any(c.isspace() for c in value)) else value
 
 
