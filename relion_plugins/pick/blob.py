@@ -31,6 +31,7 @@ from scipy import ndimage as ndi
 from relion_plugins.imaging.fourier import fourier_crop
 from relion_plugins.imaging.log_filter import split_response
 from relion_plugins.pick.junk_mask import junk_mask
+from relion_plugins.pick.nms import greedy_disks as _greedy_disks
 
 N_BELOW = 4
 N_ABOVE = 4
@@ -372,48 +373,3 @@ def _gap_above(peak_fom: np.ndarray, thr: float, spread: float) -> float:
             j = int(jumps[0])
             thr = 0.5 * (above[j] + above[j + 1])
     return thr
-
-
-def _greedy_disks(
-    cy: np.ndarray,
-    cx: np.ndarray,
-    diam_px: np.ndarray,
-    shape: tuple[int, int],
-    min_dist_px: float | None,
-    top_k: int | None,
-) -> np.ndarray:
-    """Indices of accepted candidates (input sorted best first); each acceptance blocks a disk.
-
-    A raster of blocked pixels makes every test O(1); painting a disk costs its area, so the total work
-    is (number of picks) x (particle area), independent of the number of candidates.
-    """
-    blocked = np.zeros(shape, dtype=bool)
-    ny, nx = shape
-    keep: list[int] = []
-    limit = np.inf if top_k is None else int(top_k)
-    if limit <= 0:
-        return np.zeros(0, dtype=np.intp)
-    disks: dict[int, np.ndarray] = {}
-    for i in range(cy.size):
-        y, x = int(cy[i]), int(cx[i])
-        if blocked[y, x]:
-            continue
-        keep.append(i)
-        if len(keep) >= limit:
-            break
-        r = 0.5 * float(diam_px[i]) if min_dist_px is None else float(min_dist_px)
-        key = int(round(r * 4))  # radii on a quarter-pixel grid: few distinct disks to build
-        disk = disks.get(key)
-        if disk is None:
-            rr = key / 4.0
-            ri0 = int(math.ceil(rr))
-            yy, xx = np.mgrid[-ri0 : ri0 + 1, -ri0 : ri0 + 1]
-            disk = (yy * yy + xx * xx) < rr * rr
-            disks[key] = disk
-        ri = disk.shape[0] // 2
-        y0, y1, x0, x1 = y - ri, y + ri + 1, x - ri, x + ri + 1
-        sy0, sx0 = max(0, -y0), max(0, -x0)
-        sy1 = disk.shape[0] - max(0, y1 - ny)
-        sx1 = disk.shape[1] - max(0, x1 - nx)
-        blocked[max(y0, 0) : min(y1, ny), max(x0, 0) : min(x1, nx)] |= disk[sy0:sy1, sx0:sx1]
-    return np.asarray(keep, dtype=np.intp)
