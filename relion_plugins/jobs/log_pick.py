@@ -8,16 +8,11 @@ ice, contaminants and carbon, and writes RELION coordinate files mirroring the m
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
-import numpy as np
 import pandas as pd
 
-from ..relion.coords import coordinate_path, read_coordinates, write_coordinate_list, write_coordinates
 from ..relion.external import JobContext, JobFailed, JobSpec, OutputNode, Param
 from ..relion.micrographs import Micrograph, read_micrographs
-from ..relion.mrc import MrcError, read_mrc
+from ._picking import coordinate_files, coordinates_table, finish_picking, pick_all, read_finite_micrograph
 
 PARAMS = [
     Param("diameter_min", 150.0, "smallest particle diameter to pick", float, "Å", minimum=1),
@@ -67,9 +62,7 @@ PARAMS = [
 def _pick_one(mic: Micrograph, ctx: JobContext, angpix: float) -> pd.DataFrame:
     from ..pick.blob import pick_blobs
 
-    image, _ = read_mrc(mic.path)
-    if not np.isfinite(image).all():
-        raise MrcError(f"{mic.name}: the image contains NaN or Inf values")
+    image = read_finite_micrograph(mic)
     p = ctx.params
     result = pick_blobs(
         image,
@@ -87,20 +80,6 @@ def _pick_one(mic: Micrograph, ctx: JobContext, angpix: float) -> pd.DataFrame:
     return coordinates_table(result.x, result.y, result.fom)
 
 
-def coordinates_table(x: np.ndarray, y: np.ndarray, fom: np.ndarray) -> pd.DataFrame:
-    """A RELION autopick coordinate table (class 0 and psi 0 as RELION's LoG picker writes)."""
-    n = len(x)
-    return pd.DataFrame(
-        {
-            "rlnCoordinateX": np.asarray(x, dtype=float),
-            "rlnCoordinateY": np.asarray(y, dtype=float),
-            "rlnAutopickFigureOfMerit": np.asarray(fom, dtype=float),
-            "rlnClassNumber": np.zeros(n, dtype=int),
-            "rlnAnglePsi": np.zeros(n, dtype=float),
-        }
-    )
-
-
 def run(ctx: JobContext) -> list[OutputNode]:
     p = ctx.params
     if p["diameter_max"] < p["diameter_min"]:
@@ -113,78 +92,11 @@ def run(ctx: JobContext) -> list[OutputNode]:
     ctx.log(
         f" {len(mics)} micrographs at {angpix:g} Å/px; diameters {p['diameter_min']:g}-{p['diameter_max']:g} Å"
     )
-    by_name = {m.name: m for m in mics.items}
-    todo = ctx.pending(by_name)
-    if len(todo) < len(mics):
-        ctx.log(f" {len(mics) - len(todo)} micrographs already picked by an earlier run; {len(todo)} to do")
-
-    coord_files = {name: coordinate_path(ctx.out_dir, name, p["pick_name"]) for name in by_name}
-    for path in coord_files.values():
-        ctx.output_path(path.relative_to(ctx.out_dir))  # refuse micrograph names that escape the job dir
-
-    done = 0
-    ctx.progress(0, len(todo))
-    # Micrographs are independent: run up to --j at once (the FFTs release the GIL) and write results in
-    # input order, so the journal and outputs stay deterministic.
-    with ThreadPoolExecutor(max_workers=max(1, ctx.threads)) as pool:
-        for start in range(0, len(todo), max(1, ctx.threads)):
-            ctx.check_abort()
-            batch = todo[start : start + max(1, ctx.threads)]
-            futures = [pool.submit(_pick_one, by_name[name], ctx, angpix) for name in batch]
-            for name, future in zip(batch, futures):
-                table = future.result()
-                write_coordinates(coord_files[name], table)
-                ctx.mark_done(name, {"n": len(table)})
-                done += 1
-                ctx.progress(done, len(todo))
-                ctx.check_abort()
-
-    pairs = [(name, coord_files[name].as_posix()) for name in by_name]
-    list_path = write_coordinate_list(ctx.out_dir, pairs, name=p["pick_name"], mics_star=ctx.in_mics)
-    n_total = sum(int(r.get("n", 0)) for k, r in ctx.done_items().items() if k in by_name)
-    ctx.log(
-        f" {n_total} particles picked on {len(mics)} micrographs ({n_total / len(mics):.1f} per micrograph)"
-    )
-    nodes = [OutputNode(list_path.relative_to(ctx.out_dir).as_posix(), "coords", "autopick")]
-    if _write_logfile(ctx, mics.items, coord_files, angpix):
-        nodes.append(OutputNode("logfile.pdf", "logfile", "autopick"))
-    return nodes
-
-
-def _write_logfile(
-    ctx: JobContext, mics: list[Micrograph], coord_files: dict[str, Path], angpix: float
-) -> bool:
-    """logfile.pdf: picks drawn on a few micrographs and the figure-of-merit histogram."""
-    from ..plots.figures import histogram_figure, picks_figure, write_pdf
-
-    p = ctx.params
-    foms = []
-    for mic in mics:
-        table = read_coordinates(coord_files[mic.name])
-        if "rlnAutopickFigureOfMerit" in table:
-            foms.append(table["rlnAutopickFigureOfMerit"].to_numpy(dtype=float))
-    figures = [
-        histogram_figure(
-            np.concatenate(foms) if foms else np.zeros(0),
-            "Figure of merit of all picks",
-            "rlnAutopickFigureOfMerit",
-        )
-    ]
+    files = coordinate_files(ctx, mics, p["pick_name"])
+    # Micrographs are independent: run up to --j at once (the FFTs release the GIL).
+    pick_all(ctx, mics, files, lambda mic: _pick_one(mic, ctx, angpix), workers=ctx.threads)
     diameter_px = 0.5 * (p["diameter_min"] + p["diameter_max"]) / angpix
-    for mic in mics[: p["nr_plots"]]:
-        image, _ = read_mrc(mic.path)
-        table = read_coordinates(coord_files[mic.name])
-        figures.append(
-            picks_figure(
-                image,
-                table["rlnCoordinateX"].to_numpy(),
-                table["rlnCoordinateY"].to_numpy(),
-                diameter_px,
-                f"{mic.name}: {len(table)} picks",
-            )
-        )
-    write_pdf(ctx.out_dir / "logfile.pdf", figures)
-    return True
+    return finish_picking(ctx, mics, files, p["pick_name"], diameter_px, p["nr_plots"])
 
 
 JOB = JobSpec(

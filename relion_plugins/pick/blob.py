@@ -331,12 +331,13 @@ def _noise_threshold(noise_fom: np.ndarray, peak_fom: np.ndarray) -> float:
     top = float(noise_fom.max())
     if np.count_nonzero(peak_fom > top) >= CLEAN_SHARE * np.count_nonzero(peak_fom > thr):
         thr = top
-    return _gap_above(peak_fom, thr, spread)
+    return _gap_above(peak_fom, thr, spread, top)
 
 
 GAP_K = 4.0
 GAP_MIN_ABOVE = 10
 GAP_MIN_SHARE = 0.5
+GAP_MIN_SHARE_CLEAR = 0.1
 
 
 def _auto_threshold(peak_fom: np.ndarray) -> float:
@@ -356,19 +357,24 @@ def _auto_threshold(peak_fom: np.ndarray) -> float:
     return _gap_above(peak_fom, med + AUTO_K * spread, spread)
 
 
-def _gap_above(peak_fom: np.ndarray, thr: float, spread: float) -> float:
+def _gap_above(peak_fom: np.ndarray, thr: float, spread: float, noise_top: float = np.inf) -> float:
     """Move ``thr`` into the first clear gap of the peak foms above it, if there is one.
 
-    ``spread`` is the SD of the noise peaks."""
+    ``spread`` is the SD of the noise peaks; ``noise_top`` the highest noise-reference peak."""
     # On clean micrographs the particle peaks stand apart from the noise peaks: the sorted foms above the
     # threshold jump by many noise SDs. Noise order statistics never jump that far (the top spacings of a
     # Gaussian sample are a fraction of its SD), so the lowest such jump separates noise from particles.
     above = np.sort(peak_fom[peak_fom > thr])
     if spread > 0 and above.size >= 2:
         jumps = np.flatnonzero(np.diff(above) > GAP_K * spread)
-        # only a jump below most of the candidates: particle-sized junk (small dark contaminants) stands
-        # far above the particles too, and a gap under a minority must not lift the threshold over them
-        jumps = jumps[above.size - 1 - jumps >= max(GAP_MIN_ABOVE, GAP_MIN_SHARE * above.size)]
+        n_upper = above.size - 1 - jumps
+        # Particle-sized junk (small dark contaminants) also stands far above the particles. A gap counts
+        # when most candidates lie above it, or a fair share does and they beat every noise-reference
+        # peak (particles clear of the noise; junk micrographs have strong junk rims in the reference).
+        clear = above[np.minimum(jumps + 1, above.size - 1)] > noise_top
+        ok = n_upper >= max(GAP_MIN_ABOVE, GAP_MIN_SHARE * above.size)
+        ok |= clear & (n_upper >= max(GAP_MIN_ABOVE, GAP_MIN_SHARE_CLEAR * above.size))
+        jumps = jumps[ok]
         if jumps.size:
             j = int(jumps[0])
             thr = 0.5 * (above[j] + above[j + 1])

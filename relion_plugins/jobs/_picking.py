@@ -1,0 +1,148 @@
+"""What every pick job shares: the incremental micrograph loop, the coordinate outputs and the PDF pages.
+
+A pick job supplies one function, micrograph -> coordinate table; :func:`pick_all` runs it over the
+micrographs the journal has not seen (continue mode), writes each coordinate file atomically as soon as it
+is ready, records it in the journal, and reports progress; :func:`finish_picking` writes ``autopick.star``
+(+ the legacy ``coords_suffix_<name>.star``), the summary line and the pages of ``logfile.pdf``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..relion.coords import coordinate_path, read_coordinates, write_coordinate_list, write_coordinates
+from ..relion.external import JobContext, OutputNode
+from ..relion.micrographs import Micrograph, MicrographSet
+from ..relion.mrc import MrcError, read_mrc
+
+
+def coordinates_table(x: np.ndarray, y: np.ndarray, fom: np.ndarray) -> pd.DataFrame:
+    """A RELION autopick coordinate table (class 0 and psi 0 as RELION's LoG picker writes)."""
+    n = len(x)
+    return pd.DataFrame(
+        {
+            "rlnCoordinateX": np.asarray(x, dtype=float),
+            "rlnCoordinateY": np.asarray(y, dtype=float),
+            "rlnAutopickFigureOfMerit": np.asarray(fom, dtype=float),
+            "rlnClassNumber": np.zeros(n, dtype=int),
+            "rlnAnglePsi": np.zeros(n, dtype=float),
+        }
+    )
+
+
+def read_finite_micrograph(mic: Micrograph) -> np.ndarray:
+    """The micrograph as float32 (float16 upcast by the reader), refusing NaN / Inf with a clear reason."""
+    image, _ = read_mrc(mic.path)
+    if not np.isfinite(image).all():
+        raise MrcError(f"{mic.name}: the image contains NaN or Inf values")
+    return image
+
+
+def coordinate_files(ctx: JobContext, mics: MicrographSet, pick_name: str) -> dict[str, Path]:
+    """Coordinate file of each micrograph, mirroring the micrograph tree under the job directory."""
+    files = {m.name: coordinate_path(ctx.out_dir, m.name, pick_name) for m in mics.items}
+    for path in files.values():
+        ctx.output_path(path.relative_to(ctx.out_dir))  # refuse micrograph names that escape the job dir
+    return files
+
+
+def pick_all(
+    ctx: JobContext,
+    mics: MicrographSet,
+    files: dict[str, Path],
+    pick_one: Callable[[Micrograph], pd.DataFrame],
+    workers: int = 1,
+) -> None:
+    """Run ``pick_one`` on every micrograph not yet done, up to ``workers`` at once, results in input order.
+
+    Each result is written and journalled before the next is started, so a killed job loses at most the
+    micrographs in flight and a continue run picks up where it stopped.
+    """
+    by_name = {m.name: m for m in mics.items}
+    todo = ctx.pending(by_name)
+    if len(todo) < len(by_name):
+        ctx.log(
+            f" {len(by_name) - len(todo)} micrographs already picked by an earlier run; {len(todo)} to do"
+        )
+    done = 0
+    ctx.progress(0, len(todo))
+    step = max(1, int(workers))
+    with ThreadPoolExecutor(max_workers=step) as pool:
+        for start in range(0, len(todo), step):
+            ctx.check_abort()
+            batch = todo[start : start + step]
+            futures = [pool.submit(pick_one, by_name[name]) for name in batch]
+            for name, future in zip(batch, futures):
+                table = future.result()
+                write_coordinates(files[name], table)
+                ctx.mark_done(name, {"n": len(table)})
+                done += 1
+                ctx.progress(done, len(todo))
+                ctx.check_abort()
+
+
+def finish_picking(
+    ctx: JobContext,
+    mics: MicrographSet,
+    files: dict[str, Path],
+    pick_name: str,
+    diameter_px: float,
+    nr_plots: int,
+    extra_pages: Sequence = (),
+) -> list[OutputNode]:
+    """Write the coordinate list and ``logfile.pdf``; return the output nodes."""
+    pairs = [(m.name, files[m.name].as_posix()) for m in mics.items]
+    list_path = write_coordinate_list(ctx.out_dir, pairs, name=pick_name, mics_star=ctx.in_mics)
+    done = ctx.done_items()
+    n_total = sum(int(done.get(m.name, {}).get("n", 0)) for m in mics.items)
+    ctx.log(
+        f" {n_total} particles picked on {len(mics)} micrographs ({n_total / max(len(mics), 1):.1f} per micrograph)"
+    )
+    nodes = [OutputNode(list_path.relative_to(ctx.out_dir).as_posix(), "coords", "autopick")]
+    write_picking_logfile(ctx, mics.items, files, diameter_px, nr_plots, extra_pages)
+    nodes.append(OutputNode("logfile.pdf", "logfile", "autopick"))
+    return nodes
+
+
+def write_picking_logfile(
+    ctx: JobContext,
+    mics: Sequence[Micrograph],
+    files: dict[str, Path],
+    diameter_px: float,
+    nr_plots: int,
+    extra_pages: Sequence = (),
+) -> None:
+    """``logfile.pdf``: the figure-of-merit histogram, picks drawn on a few micrographs, then extra pages."""
+    from ..plots.figures import histogram_figure, picks_figure, write_pdf
+
+    foms = []
+    for mic in mics:
+        table = read_coordinates(files[mic.name])
+        if "rlnAutopickFigureOfMerit" in table:
+            foms.append(table["rlnAutopickFigureOfMerit"].to_numpy(dtype=float))
+    pages = [
+        histogram_figure(
+            np.concatenate(foms) if foms else np.zeros(0),
+            "Figure of merit of all picks",
+            "rlnAutopickFigureOfMerit",
+        )
+    ]
+    for mic in list(mics)[: max(nr_plots, 0)]:
+        image, _ = read_mrc(mic.path)
+        table = read_coordinates(files[mic.name])
+        pages.append(
+            picks_figure(
+                image,
+                table["rlnCoordinateX"].to_numpy(),
+                table["rlnCoordinateY"].to_numpy(),
+                diameter_px,
+                f"{mic.name}: {len(table)} picks",
+            )
+        )
+    pages.extend(extra_pages)
+    write_pdf(ctx.out_dir / "logfile.pdf", pages)
