@@ -144,7 +144,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     print(f"relion-plugins {__version__} at {Path(__file__).resolve().parent}")
     print(f"Python {platform.python_version()} ({sys.executable}) on {platform.platform()}")
-    for name in ("numpy", "scipy", "pandas", "mrcfile", "starfile", "matplotlib", "yaml"):
+    for name in ("numpy", "scipy", "pandas", "mrcfile", "starfile", "yaml"):
         try:
             module = importlib.import_module(name)
             print(f"  {name:<11} {getattr(module, '__version__', '?')}")

@@ -20,7 +20,7 @@ TMP_PREFIX = ".rp_tmp_"
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it.
 
-    Use this for libraries that insist on opening the file themselves (mrcfile, matplotlib).
+    Use this for libraries that insist on opening the file themselves (mrcfile, torch.save).
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
