@@ -16,7 +16,7 @@ from pathlib import Path
 from . import __version__
 
 # Executables and the job module each one launches (jobs/_entry.py, setup.cfg console_scripts).
-EXECUTABLES = {"rp-pick-log": "log_pick"}
+EXECUTABLES = {"rp-pick-log": "log_pick", "rp-pu-train": "pu_train", "rp-pu-pick": "pu_pick"}
 
 RELION_PROGRAMS = (
     "relion",

@@ -14,3 +14,13 @@ from ..relion.external import launch
 def log_pick() -> None:
     """``rp-pick-log``: the LoG / Adaptive-LoG picker."""
     sys.exit(launch("log_pick"))
+
+
+def pu_train() -> None:
+    """``rp-pu-train``: train the PU-learning CNN picker."""
+    sys.exit(launch("pu_train"))
+
+
+def pu_pick() -> None:
+    """``rp-pu-pick``: pick with a trained PU-learning CNN."""
+    sys.exit(launch("pu_pick"))

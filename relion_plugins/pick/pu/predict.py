@@ -1,0 +1,159 @@
+"""Applying a trained PU picker: preprocessing, score maps, one pick per particle, calibrated scores.
+
+Preprocessing mirrors training exactly: Fourier-crop to the model's pixel size, then the stored
+normalisation (the scaled two-component mixture re-estimates this micrograph's scale from the stored
+global parameters, or plain standardisation), then particles are made bright or dark as in training.
+
+**Calibrated score.** The network's logit is not a probability: PU training sees unlabelled particles
+as partly negative, and the class prior shifts it. After training, the job fits a two-parameter logistic
+map (Platt scaling) from the logit of every pick on held-out micrographs to "is within a particle radius of
+a labelled particle", and divides by the labelled share of particles on those micrographs (labels from
+2D classification rarely cover every particle). The result, ``p = min(1, sigmoid(a * logit + b) / c)``,
+estimates the probability that a pick is a real particle; this is the figure of merit the pick job
+writes, and its threshold (default 0.5) means "keep picks more likely particle than not".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ...imaging.fourier import fourier_crop, resampled_shape
+from ...imaging.normalize import GmmNormalization, standardize
+from ..nms import score_map_peaks
+from .models import PUClassifier
+
+
+def working_shape(shape: tuple[int, int], angpix: float, model_angpix: float) -> tuple[int, int]:
+    """Shape of a micrograph of ``shape`` at ``angpix`` resampled to ``model_angpix``."""
+    factor = float(model_angpix) / float(angpix)
+    if factor < 1.0 - 1e-3:
+        raise ValueError(
+            f"the model was trained at {model_angpix:g} Å/px, finer than these micrographs ({angpix:g} Å/px)"
+        )
+    return resampled_shape(shape, factor) if factor > 1.0 + 1e-3 else tuple(shape)
+
+
+def downsample(image: np.ndarray, angpix: float, model_angpix: float) -> np.ndarray:
+    """Fourier-crop ``image`` from ``angpix`` to ``model_angpix`` (no-op when they agree)."""
+    shape = working_shape(image.shape, angpix, model_angpix)
+    if tuple(shape) == tuple(image.shape):
+        return np.asarray(image, dtype=np.float32)
+    return fourier_crop(np.asarray(image, dtype=np.float32), shape)
+
+
+def normalize(image: np.ndarray, normalization: dict) -> np.ndarray:
+    """Apply a stored normalisation (``{"method": "scaled_gmm", ...}`` or ``{"method": "standardize"}``)."""
+    method = normalization.get("method", "standardize")
+    if method == "scaled_gmm":
+        return GmmNormalization.from_dict(normalization).apply(image)
+    if method == "standardize":
+        return standardize(image)
+    raise ValueError(f"unknown normalisation method {method!r}")
+
+
+def prepare(
+    image: np.ndarray, angpix: float, model_angpix: float, normalization: dict, invert: bool = False
+) -> np.ndarray:
+    """Micrograph -> the network's input: resampled, normalised, contrast as in training."""
+    out = normalize(downsample(image, angpix, model_angpix), normalization)
+    return -out if invert else out
+
+
+def score_map(model: PUClassifier, image: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
+    """Dense logit map of a prepared micrograph (same shape)."""
+    with torch.inference_mode():
+        t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
+        return model.score_map(t).float().cpu().numpy()
+
+
+@dataclass
+class Calibration:
+    """``p = min(1, sigmoid(a * logit + b) / completeness)`` (see the module docstring)."""
+
+    a: float = 1.0
+    b: float = 0.0
+    completeness: float = 1.0
+
+    def __call__(self, logit: np.ndarray) -> np.ndarray:
+        z = np.clip(self.a * np.asarray(logit, dtype=np.float64) + self.b, -50.0, 50.0)
+        return np.minimum(1.0, 1.0 / (1.0 + np.exp(-z)) / max(self.completeness, 1e-6))
+
+    def logit_for(self, probability: float) -> float:
+        """The logit at which the calibrated score equals ``probability`` (for thresholding maps)."""
+        q = min(max(float(probability) * max(self.completeness, 1e-6), 1e-12), 1 - 1e-12)
+        if self.a <= 0:  # a constant score: every pick passes, or none
+            return -math.inf if q <= 1.0 / (1.0 + math.exp(-self.b)) else math.inf
+        return (math.log(q / (1 - q)) - self.b) / self.a
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Calibration:
+        return cls(**d) if d else cls()
+
+
+def fit_calibration(logits: np.ndarray, hits: np.ndarray, completeness: float = 1.0) -> Calibration:
+    """Platt scaling: logistic fit of ``hits`` (0/1 per pick) on ``logits``.
+
+    Newton steps on standardised logits with a backtracking line search, so the fit cannot diverge; the
+    slope is kept >= 0 (a score that ranks worse must not calibrate higher)."""
+    x = np.asarray(logits, dtype=np.float64).ravel()
+    y = np.asarray(hits, dtype=np.float64).ravel()
+    comp = float(min(max(completeness, 1e-3), 1.0))
+    if x.size < 2 or y.min() == y.max():
+        return Calibration(1.0, 0.0, comp)
+    mu, sd = float(x.mean()), float(x.std()) or 1.0
+    z = (x - mu) / sd
+    # Platt's target smoothing keeps the fit finite when the classes separate perfectly
+    n1, n0 = y.sum(), y.size - y.sum()
+    t = np.where(y > 0.5, (n1 + 1) / (n1 + 2), 1 / (n0 + 2))
+
+    def loss(w: np.ndarray) -> float:
+        u = w[0] * z + w[1]
+        return float(np.sum(np.logaddexp(0.0, u) - t * u))
+
+    w = np.array([0.0, float(np.log(t.mean() / (1 - t.mean())))])
+    current = loss(w)
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-np.clip(w[0] * z + w[1], -50, 50)))
+        q = p * (1 - p) + 1e-12
+        g = np.array([np.sum((p - t) * z), np.sum(p - t)])
+        h = np.array([[np.sum(q * z * z), np.sum(q * z)], [np.sum(q * z), np.sum(q)]]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(h, g)
+        lr = 1.0
+        while lr > 1e-6:
+            trial = w - lr * step
+            value = loss(trial)
+            if value <= current:
+                break
+            lr *= 0.5
+        else:
+            break
+        w, improvement, current = trial, current - value, value
+        if improvement < 1e-10:
+            break
+    a = max(float(w[0]), 0.0) / sd
+    b = float(w[1]) - a * mu
+    return Calibration(a, b, comp)
+
+
+def pick_from_map(
+    logit_map: np.ndarray,
+    radius_px: float,
+    *,
+    threshold_logit: float = -math.inf,
+    border_px: int = 0,
+    max_picks: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Non-maximum suppression on a logit map: ``(x, y, logit)`` in map pixels, best first.
+
+    ``radius_px``: no two picks closer than this (the particle radius: one pick per particle)."""
+    y, x, s = score_map_peaks(
+        logit_map, radius_px, threshold=threshold_logit, border_px=border_px, max_picks=max_picks
+    )
+    return x.astype(np.float64), y.astype(np.float64), s.astype(np.float64)

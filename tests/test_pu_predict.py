@@ -1,0 +1,41 @@
+"""PU prediction helpers: calibration fit, thresholds in logit space, resampling refusal."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from relion_plugins.pick.pu.predict import Calibration, fit_calibration, pick_from_map, working_shape
+
+
+def test_platt_fit_recovers_slope_and_threshold_round_trip():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=4000) * 3
+    y = rng.random(4000) < 1 / (1 + np.exp(-(0.8 * x - 1)))
+    cal = fit_calibration(x, y, completeness=0.5)
+    assert cal.a == pytest.approx(0.8, abs=0.1) and cal.b == pytest.approx(-1, abs=0.15)
+    t = cal.logit_for(0.6)
+    assert cal(np.array([t]))[0] == pytest.approx(0.6, abs=1e-6)
+    # dividing by completeness: labelled share 0.5 doubles the estimated probability (capped at 1)
+    assert cal(np.array([50.0]))[0] == 1.0
+
+
+def test_degenerate_fits_do_not_diverge():
+    x = np.r_[np.full(50, 5.0), np.zeros(50)]
+    cal = fit_calibration(x, x > 1)  # perfectly separated
+    assert math.isfinite(cal.a) and 0 < cal.a < 10
+    flat = Calibration(0.0, -2.0)
+    assert flat.logit_for(0.05) == -math.inf and flat.logit_for(0.5) == math.inf
+    assert fit_calibration(np.ones(10), np.zeros(10)) == Calibration(1.0, 0.0, 1.0)
+
+
+def test_pick_from_map_and_resampling():
+    m = np.zeros((64, 64), np.float32)
+    m[20, 30], m[22, 31], m[50, 10] = 5, 4, 3
+    x, y, s = pick_from_map(m, radius_px=5, threshold_logit=1)
+    assert list(zip(x, y)) == [(30, 20), (10, 50)] and list(s) == [5, 3]
+    assert working_shape((1000, 800), 1.0, 4.0) == (250, 200)
+    with pytest.raises(ValueError, match="finer than these micrographs"):
+        working_shape((100, 100), 4.0, 2.0)
