@@ -39,3 +39,22 @@ def test_pick_from_map_and_resampling():
     assert working_shape((1000, 800), 1.0, 4.0) == (250, 200)
     with pytest.raises(ValueError, match="finer than these micrographs"):
         working_shape((100, 100), 4.0, 2.0)
+
+
+def test_strided_map_is_exact_on_its_samples():
+    import torch
+
+    from relion_plugins.pick.pu.models import build_model
+    from relion_plugins.pick.pu.predict import score_map, total_stride
+
+    torch.manual_seed(0)
+    model = build_model("conv31", units=4).eval()
+    assert total_stride(model) == 4
+    img = np.random.default_rng(1).normal(size=(67, 53)).astype(np.float32)
+    dense = score_map(model, img)
+    for step in (2, 4):
+        fast = score_map(model, img, step=step)
+        assert fast.shape == dense.shape
+        np.testing.assert_allclose(fast[::step, ::step], dense[::step, ::step], atol=1e-4)
+    with pytest.raises(ValueError, match="must divide"):
+        score_map(model, img, step=3)

@@ -37,6 +37,15 @@ PARAMS = [
         "Å",
         minimum=0,
     ),
+    Param(
+        "step",
+        2,
+        "score every step-th pixel exactly and interpolate the rest (1 = every pixel, as Topaz; 2 is about "
+        "4x faster, 4 about 15x, at a small cost in accuracy); must divide the network's stride",
+        int,
+        "px",
+        minimum=1,
+    ),
     Param("max_picks", 0, "keep at most this many picks per micrograph, best first; 0 = all", int, minimum=0),
     Param(
         "border", -1.0, "no picks closer than this to the edge; -1 = half the particle diameter", float, "Å"
@@ -75,6 +84,9 @@ def run(ctx: JobContext) -> list[OutputNode]:
     torch.set_num_threads(max(1, ctx.threads))
     model = from_state({"architecture": mf.arch, "state_dict": mf.state}).to(device).eval()
     calibration = predict.Calibration.from_dict(mf.meta.get("calibration"))
+    step = p["step"]
+    if predict.total_stride(model) % step:
+        raise JobFailed(f"--step {step} must divide the network's total stride {predict.total_stride(model)}")
     threshold_logit = calibration.logit_for(p["threshold"]) if p["threshold"] > 0 else -math.inf
     diameter_A = mf.diameter_A
     radius_A = p["radius"] or 0.6 * diameter_A
@@ -92,7 +104,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
         sy = image.shape[0] / prepared.shape[0]
         sx = image.shape[1] / prepared.shape[1]
         s = 0.5 * (sx + sy)
-        logit_map = predict.score_map(model, prepared, device)
+        logit_map = predict.score_map(model, prepared, device, step=step)
         x, y, logit = predict.pick_from_map(
             logit_map,
             radius_A / (angpix * s),

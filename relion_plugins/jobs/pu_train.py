@@ -210,7 +210,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
     def val_picks(model):
         out = []
         for im in imgs_val:
-            lm = predict.score_map(model, im, device)
+            lm = predict.score_map(model, im, device, step=2)
             out.append(predict.pick_from_map(lm, match_radius, border_px=border))
         return out
 
@@ -245,7 +245,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
     cal_imgs, cal_coords = (imgs_val, coords_val) if imgs_val else (imgs_train, coords_train)
     logits, hits, n_lab = [], [], 0
     for im, truth in zip(cal_imgs, cal_coords):
-        lm = predict.score_map(result.model, im, device)
+        lm = predict.score_map(result.model, im, device, step=2)
         x, y, s = predict.pick_from_map(lm, match_radius, border_px=border)
         m = match_picks(np.stack([x, y], 1), truth, match_radius)
         h = np.zeros(len(x))

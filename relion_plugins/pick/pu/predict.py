@@ -63,11 +63,67 @@ def prepare(
     return -out if invert else out
 
 
-def score_map(model: PUClassifier, image: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
-    """Dense logit map of a prepared micrograph (same shape)."""
+def total_stride(model: PUClassifier) -> int:
+    """Product of the network's strides: its strided output samples every this many input pixels."""
+    out = 1
+    for block in model.blocks:
+        out *= int(getattr(block, "stride", 1))
+    return out
+
+
+def score_map(
+    model: PUClassifier, image: np.ndarray, device: str | torch.device = "cpu", step: int = 1
+) -> np.ndarray:
+    """Logit map of a prepared micrograph (same shape).
+
+    ``step`` 1 is the exact dense map (Topaz's dilated network: every pixel scored). A larger ``step``
+    (a divisor of :func:`total_stride`) runs the strided network on ``(stride / step)^2`` shifted copies
+    of the micrograph, which scores every ``step``-th pixel exactly at a fraction of the cost, and fills in
+    the rest by bilinear interpolation of the logits; particles span many pixels at the model's scale, so
+    the peaks barely move (see docs/pu_picker.md for the measured effect).
+    """
     with torch.inference_mode():
         t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
-        return model.score_map(t).float().cpu().numpy()
+        if step <= 1:
+            return model.score_map(t).float().cpu().numpy()
+        return _strided_map(model, t, int(step)).float().cpu().numpy()
+
+
+def _strided_map(model: PUClassifier, image: torch.Tensor, step: int) -> torch.Tensor:
+    from .models import _reflect_pad
+
+    stride = total_stride(model)
+    if stride % step:
+        raise ValueError(f"step {step} must divide the network's total stride {stride}")
+    h, w = image.shape
+    r = model.receptive_field // 2
+    xp = _reflect_pad(image[None, None], r)
+    per = stride // step
+    gh, gw = -(-h // step), -(-w // step)  # samples at 0, step, 2 step, ... covering the image
+    grid = torch.empty((gh, gw), dtype=torch.float32, device=image.device)
+    was_training = model.training
+    model.eval()
+    try:
+        for iy in range(per):
+            for ix in range(per):
+                oy, ox = iy * step, ix * step
+                if oy >= h or ox >= w:
+                    continue
+                z = model.classifier(model._features(xp[..., oy:, ox:]))[0, 0]
+                # z[i, j] scores the window centred on pixel (oy + stride i, ox + stride j)
+                ny = min(z.shape[0], -(-(h - oy) // stride))
+                nx = min(z.shape[1], -(-(w - ox) // stride))
+                grid[iy::per, ix::per][:ny, :nx] = z[:ny, :nx]
+    finally:
+        model.train(was_training)
+    full = torch.nn.functional.interpolate(
+        grid[None, None], size=((gh - 1) * step + 1, (gw - 1) * step + 1), mode="bilinear", align_corners=True
+    )[0, 0]
+    if full.shape[0] < h or full.shape[1] < w:  # the last samples sit before the last pixels: extend
+        full = torch.nn.functional.pad(
+            full[None, None], (0, max(0, w - full.shape[1]), 0, max(0, h - full.shape[0])), mode="replicate"
+        )[0, 0]
+    return full[:h, :w]
 
 
 @dataclass
