@@ -292,3 +292,17 @@ def test_kill_9_then_rerun_loses_at_most_the_item_in_flight(project: Path):
     assert sorted(set(processed)) == [f"item{i:03d}" for i in range(12)]
     redone = len(processed) - 12
     assert redone <= 1, f"{redone} items processed twice after kill -9 ({done_before} journaled)"
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from relion_plugins.relion.atomic import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.star", "data_\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.star").stat().st_mode) == 0o644

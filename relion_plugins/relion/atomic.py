@@ -16,6 +16,19 @@ from typing import IO
 TMP_PREFIX = ".rp_tmp_"
 
 
+def _umask() -> int:
+    # Reading the umask means setting it: do it once, at import, before any job thread runs.
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+_UMASK: int | None = None
+_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it.
@@ -25,6 +38,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=dest.suffix, dir=dest.parent)
+    # mkstemp makes the file private (0600); outputs in a shared RELION project must get the permissions
+    # any other new file would (0666 minus the umask), or colleagues cannot read them.
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
