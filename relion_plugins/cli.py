@@ -17,6 +17,7 @@ from . import __version__
 
 # Executables and the job module each one launches (jobs/_entry.py, setup.cfg console_scripts).
 EXECUTABLES = {"rp-pick-log": "log_pick", "rp-pu-train": "pu_train", "rp-pu-pick": "pu_pick"}
+EXECUTABLES["rp-rank-select"] = "rank_select"
 
 RELION_PROGRAMS = (
     "relion",
@@ -225,6 +226,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ranker_train(args: argparse.Namespace) -> int:
+    """Train the class ranker: reproduce the shipped default weights, or retrain on your labelled classes."""
+    from .rank.network import DEFAULT_WEIGHTS
+    from .rank.training import make_ranker
+
+    out = Path(args.out) if args.out else None
+    if out is None:
+        if args.from_star:
+            print("--out is needed with --from_star (the shipped weights stay as they are)", file=sys.stderr)
+            return 1
+        out = DEFAULT_WEIGHTS
+    try:
+        make_ranker(
+            out,
+            seed=args.seed,
+            n_jobs=args.jobs,
+            epochs=args.epochs,
+            from_star=args.from_star or (),
+            init=args.init or None,
+            project_dir=args.project_dir,
+        )
+    except ValueError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relion-plugins", description=__doc__)
     parser.add_argument("--version", action="version", version=f"relion-plugins {__version__}")
@@ -269,9 +297,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--border", type=float, default=0.0, help="ignore picks and truth this close to the edge (px)"
     )
-    p.add_argument("--micrograph_size", type=int, nargs=2, metavar=("NX", "NY"), help="micrograph size in pixels")
+    p.add_argument(
+        "--micrograph_size", type=int, nargs=2, metavar=("NX", "NY"), help="micrograph size in pixels"
+    )
     p.add_argument("--project_dir", default=".", help="RELION project directory (default: %(default)s)")
     p.set_defaults(func=cmd_evaluate)
+
+    from .rank.training import DEFAULT_EPOCHS, DEFAULT_JOBS, DEFAULT_SEED
+
+    p = sub.add_parser("ranker", help="class ranker weights (train / retrain)")
+    rsub = p.add_subparsers(dest="ranker_command", required=True)
+    p = rsub.add_parser("train", help=cmd_ranker_train.__doc__, description=cmd_ranker_train.__doc__)
+    p.add_argument("--out", default="", help="weights file to write (default: the shipped default_ranker.pt)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")
+    p.add_argument(
+        "--jobs", type=int, default=DEFAULT_JOBS, help="simulated 2D jobs to train on (default: %(default)s)"
+    )
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs (default: %(default)s)")
+    p.add_argument(
+        "--from_star",
+        nargs="+",
+        default=[],
+        metavar="STAR",
+        help="retrain on labelled classes: rank_model.star / backup_selection.star of a Select or rp-rank-select "
+        "job, a model STAR with rlnClassScore, or a class_averages.star (listed classes = good)",
+    )
+    p.add_argument("--init", default="", help="weights to start retraining from (default: the shipped ones)")
+    p.add_argument("--project_dir", default=None, help="RELION project directory of the STAR files")
+    p.set_defaults(func=cmd_ranker_train)
     return parser
 
 

@@ -24,3 +24,8 @@ def pu_train() -> None:
 def pu_pick() -> None:
     """``rp-pu-pick``: pick with a trained PU-learning CNN."""
     sys.exit(launch("pu_pick"))
+
+
+def rank_select() -> None:
+    """``rp-rank-select``: rank 2D classes and select the good ones."""
+    sys.exit(launch("rank_select"))
