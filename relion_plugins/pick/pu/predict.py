@@ -5,12 +5,13 @@ normalisation (the scaled two-component mixture re-estimates this micrograph's s
 global parameters, or plain standardisation), then particles are made bright or dark as in training.
 
 **Calibrated score.** The network's logit is not a probability: PU training sees unlabelled particles
-as partly negative, and the class prior shifts it. After training, the job fits a two-parameter logistic
-map (Platt scaling) from the logit of every pick on held-out micrographs to "is within a particle radius of
-a labelled particle", and divides by the labelled share of particles on those micrographs (labels from
-2D classification rarely cover every particle). The result, ``p = min(1, sigmoid(a * logit + b) / c)``,
-estimates the probability that a pick is a real particle; this is the figure of merit the pick job
-writes, and its threshold (default 0.5) means "keep picks more likely particle than not".
+as partly negative, and the class prior shifts it. After training, the job marks every pick on held-out
+micrographs by whether it lies within a particle radius of a labelled particle, and fits
+``P(marked) = c * sigmoid(a * logit + b)``, where ``c`` is the labelled share of the particles on those
+micrographs (labels from 2D classification, or a few hand picks, rarely cover every particle). The result
+``p = sigmoid(a * logit + b)`` estimates the probability that a pick is a real particle; this is the
+figure of merit the pick job writes, and its threshold (default 0.5) means "keep picks more likely
+particle than not".
 """
 
 from __future__ import annotations
@@ -154,48 +155,39 @@ class Calibration:
 
 
 def fit_calibration(logits: np.ndarray, hits: np.ndarray, completeness: float = 1.0) -> Calibration:
-    """Platt scaling: logistic fit of ``hits`` (0/1 per pick) on ``logits``.
+    """Fit ``P(hit | logit) = completeness * sigmoid(a * logit + b)`` by maximum likelihood.
 
-    Newton steps on standardised logits with a backtracking line search, so the fit cannot diverge; the
-    slope is kept >= 0 (a score that ranks worse must not calibrate higher)."""
+    ``hits`` marks picks near a *labelled* particle; a real particle is labelled with probability
+    ``completeness`` whatever its score (Elkan & Noto 2008), so the fitted sigmoid itself is the
+    probability that a pick is a particle. Fitting a plain logistic to sparse labels and dividing by the
+    completeness afterwards flattens the curve (a logistic cannot level off at ``completeness``); this
+    fits the capped model directly. The slope is kept >= 0."""
+    from scipy.optimize import minimize
+
     x = np.asarray(logits, dtype=np.float64).ravel()
     y = np.asarray(hits, dtype=np.float64).ravel()
-    comp = float(min(max(completeness, 1e-3), 1.0))
+    c = float(min(max(completeness, 1e-3), 1.0))
     if x.size < 2 or y.min() == y.max():
-        return Calibration(1.0, 0.0, comp)
+        return Calibration(1.0, 0.0, 1.0)
     mu, sd = float(x.mean()), float(x.std()) or 1.0
     z = (x - mu) / sd
     # Platt's target smoothing keeps the fit finite when the classes separate perfectly
     n1, n0 = y.sum(), y.size - y.sum()
     t = np.where(y > 0.5, (n1 + 1) / (n1 + 2), 1 / (n0 + 2))
 
-    def loss(w: np.ndarray) -> float:
-        u = w[0] * z + w[1]
-        return float(np.sum(np.logaddexp(0.0, u) - t * u))
+    def nll(w: np.ndarray) -> tuple[float, np.ndarray]:
+        s = 1.0 / (1.0 + np.exp(-np.clip(w[0] * z + w[1], -50, 50)))
+        q = np.clip(c * s, 1e-12, 1 - 1e-12)
+        value = -np.sum(t * np.log(q) + (1 - t) * np.log1p(-q))
+        dq = c * s * (1 - s)  # dq/du
+        du = -(t / q - (1 - t) / (1 - q)) * dq
+        return float(value), np.array([np.sum(du * z), np.sum(du)])
 
-    w = np.array([0.0, float(np.log(t.mean() / (1 - t.mean())))])
-    current = loss(w)
-    for _ in range(100):
-        p = 1.0 / (1.0 + np.exp(-np.clip(w[0] * z + w[1], -50, 50)))
-        q = p * (1 - p) + 1e-12
-        g = np.array([np.sum((p - t) * z), np.sum(p - t)])
-        h = np.array([[np.sum(q * z * z), np.sum(q * z)], [np.sum(q * z), np.sum(q)]]) + 1e-9 * np.eye(2)
-        step = np.linalg.solve(h, g)
-        lr = 1.0
-        while lr > 1e-6:
-            trial = w - lr * step
-            value = loss(trial)
-            if value <= current:
-                break
-            lr *= 0.5
-        else:
-            break
-        w, improvement, current = trial, current - value, value
-        if improvement < 1e-10:
-            break
-    a = max(float(w[0]), 0.0) / sd
-    b = float(w[1]) - a * mu
-    return Calibration(a, b, comp)
+    start = np.array([1.0, float(np.log(max(min(y.mean() / c, 0.99), 0.01) / (1 - min(y.mean() / c, 0.99))))])
+    res = minimize(nll, start, jac=True, method="L-BFGS-B", bounds=[(0.0, 50.0), (-50.0, 50.0)])
+    w = res.x
+    a = float(w[0]) / sd
+    return Calibration(a, float(w[1]) - a * mu, 1.0)
 
 
 def pick_from_map(
