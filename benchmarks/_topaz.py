@@ -1,8 +1,8 @@
 """Run topaz-em (PyPI, GPLv3) from its own virtual environment, for side-by-side benchmarks.
 
-Nothing here imports topaz: every step runs the venv's ``topaz`` executable (or, to seed training, the
-venv's python with a few lines that seed the RNGs and then call topaz's own command-line entry point) in
-a subprocess. Each step returns the wall seconds of its subprocess; :data:`LAST` also keeps, per step,
+Nothing here imports topaz: every step runs the venv's ``topaz`` executable (or, to seed it, the venv's
+python with a few lines that seed the RNGs and then call topaz's own command-line entry point) in a
+subprocess. Each step returns the wall seconds of its subprocess; :data:`LAST` also keeps, per step,
 the child CPU seconds, the exact command and the log file (useful on a shared, loaded machine where wall
 time is noisy).
 
@@ -34,6 +34,13 @@ floor meant to be raised afterwards (``topaz convert -t``), not an operating poi
 Threads: ``threads`` caps every step at that many cores: ``-j threads`` and ``OMP/MKL/OPENBLAS
 _NUM_THREADS=threads`` for train / extract (``--num-workers 0``: augmentation and NMS in the main process),
 and ``-t threads`` worker processes with one thread each for preprocess (it parallelises over files).
+Timing is very sensitive to other load: torch's OpenMP threads spin, so a busy machine inflates both
+wall and CPU seconds several-fold (0.7 s per minibatch of 256 idle vs ~5 s loaded, 2 threads).
+
+Input formats (checked, 0.3.20): float16 MRC (mode 12) is read. topaz's STAR reader takes only the first
+``data_`` block, so RELION 3.1+ particle files (``data_optics`` first) and per-micrograph coordinate STARs
+(no ``rlnMicrographName``) fail with ``KeyError: 'image_name'``; a one-block file keeps the directory in
+``image_name`` (never matching topaz's stems) and truncates coordinates. Hence the table written here.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ __all__ = [
     "TopazRun",
     "find_topaz",
     "install_topaz",
+    "remove_venv",
     "topaz_extract",
     "topaz_preprocess",
     "topaz_train",
@@ -242,6 +250,7 @@ def topaz_preprocess(
     affine: bool = False,
     niters: int = 100,
     sample: int = 10,
+    seed: int | None = None,
     venv: str | os.PathLike = DEFAULT_VENV,
 ) -> tuple[list[Path] | dict[str, Path], float]:
     """``topaz preprocess -s scale`` (Fourier-crop downsampling + per-micrograph 2-component GMM
@@ -250,6 +259,8 @@ def topaz_preprocess(
     Returns (output paths in input order, or ``{name: path}`` when given a mapping; wall seconds). Runs
     ``threads`` worker processes (``-t``) of one thread each: preprocessing parallelises over files, and
     torch threads inside the tiny GMM fits are slower than processes (and collapse on a loaded machine).
+    The GMM is fitted on a random 1/``sample`` of the pixels (unseeded in topaz, so two runs differ
+    slightly); ``seed`` seeds it per micrograph through the same launcher as :func:`topaz_train`.
     """
     names, paths, is_map = _named(mic_paths)
     out = Path(out_dir)
@@ -257,10 +268,13 @@ def topaz_preprocess(
     workers = int(threads) if int(threads) > 1 else 0
     cmd = [str(_exe(venv)), "preprocess", "-s", str(scale), "-d", "-1", "-t", str(workers), "-j", "1",
            "--niters", str(niters), "--sample", str(sample), "-o", str(out)]  # fmt: skip
+    if seed is not None:
+        cmd = _launch(out, venv, seed, False) + cmd[1:]
     if affine:
         cmd.append("--affine")
     cmd.append(_write_list(out / "preprocess_inputs.txt", [str(p.resolve()) for p in paths]))
-    run = _run("preprocess", cmd, out / "preprocess.log", threads, 1, n_micrographs=len(paths), scale=scale)
+    run = _run("preprocess", cmd, out / "preprocess.log", threads, 1, n_micrographs=len(paths), scale=scale,
+               seed=seed)  # fmt: skip
     outs = [out / f"{_stem(p)}.mrc" for p in paths]
     missing = [str(p) for p in outs if not p.exists()]
     if missing:
@@ -287,6 +301,12 @@ def _coords_for(coords: Mapping, names: list[str], paths: list[Path]) -> list[np
     return out
 
 
+def _mrc_shape(path: Path) -> tuple[int, int]:
+    """(nx, ny) from an MRC header (little-endian, as topaz writes)."""
+    nx, ny = np.fromfile(path, dtype="<i4", count=2)
+    return int(nx), int(ny)
+
+
 def _write_targets(path: Path, names: list[str], paths: list[Path], coords: Mapping, scale: float) -> int:
     """topaz particle table (downsampled pixels, rounded); returns the number of particles written."""
     n = 0
@@ -296,7 +316,9 @@ def _write_targets(path: Path, names: list[str], paths: list[Path], coords: Mapp
             if xy is None:
                 continue
             xy = np.asarray(xy, dtype=np.float64).reshape(-1, np.shape(xy)[-1] if np.size(xy) else 2)[:, :2]
-            for x, y in np.rint(xy / float(scale)).astype(np.int64):
+            nx, ny = _mrc_shape(p)  # rounding can reach n (x = n*S - 0.4): keep centres inside the image
+            xy = np.clip(np.rint(xy / float(scale)), 0, [nx - 1, ny - 1]).astype(np.int64)
+            for x, y in xy:
                 f.write(f"{_stem(p)}\t{x}\t{y}\n")
                 n += 1
     return n
@@ -325,6 +347,14 @@ if seed != "-":
             s = [seed, _count[0]]
         return _default_rng(s)
     np.random.default_rng = _seeded_default_rng
+    import zlib
+    import topaz.stats
+    _normalize = topaz.stats.normalize
+    def _seeded_normalize(x, *args, **kwargs):
+        # preprocess fits its GMM on np.random.choice pixels: seed per image content (worker-independent)
+        np.random.seed([seed, zlib.crc32(np.ascontiguousarray(x).tobytes())])
+        return _normalize(x, *args, **kwargs)
+    topaz.stats.normalize = _seeded_normalize
 if fix_pi:
     import numpy as np
     import topaz.stats, topaz.training
@@ -341,6 +371,14 @@ from topaz.main import main
 sys.argv = ["topaz"] + args
 main()
 """
+
+
+def _launch(out: Path, venv, seed: int | None, fix_pi: bool) -> list[str]:
+    """Command prefix running topaz through :data:`_LAUNCHER` (written to ``out``)."""
+    launcher = out / "topaz_launcher.py"
+    launcher.write_text(_LAUNCHER)
+    return [str(_venv_bin(venv, "python")), str(launcher), "-" if seed is None else str(int(seed)),
+            "1" if fix_pi else "0"]  # fmt: skip
 
 
 def topaz_train(
@@ -427,10 +465,7 @@ def topaz_train(
     if seed is None and not fix_pi:
         cmd = [str(exe)] + cmd_args
     else:
-        launcher = out / "topaz_launcher.py"
-        launcher.write_text(_LAUNCHER)
-        cmd = [str(_venv_bin(venv, "python")), str(launcher), "-" if seed is None else str(int(seed)),
-               "1" if fix_pi else "0"] + cmd_args  # fmt: skip
+        cmd = _launch(out, venv, seed, fix_pi) + cmd_args
     for old in out.glob("model_epoch*.sav"):
         old.unlink()
     run = _run("train", cmd, out / "train.log", threads, threads, n_train=len(paths), n_positive=n_pos,
