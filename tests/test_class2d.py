@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -365,41 +363,12 @@ def test_missing_labels_and_inconsistent_counts(project: Path):
 
 
 @pytest.mark.relion
-@pytest.mark.skipif(
-    shutil.which("relion_refine") is None or shutil.which("relion_preprocess") is None,
-    reason="Debian RELION not installed",
-)
-def test_real_relion_2d_classification_reads_back(tmp_path: Path):
-    from relion_plugins.simulate.project import make_project
-
-    proj = make_project(
-        tmp_path / "proj", n_micrographs=3, shape=(768, 768), angpix=3.0, seed=7, junk="light",
-        snr=0.5, relion_version=4, n_particles=(70, 100), bank_size=24,
-    )  # fmt: skip
-    root = proj.project_dir
-    run = dict(cwd=root, capture_output=True, text=True)
-    extract = [
-        "relion_preprocess", "--i", "CtfFind/job003/micrographs_ctf.star", "--coord_dir", "truth/",
-        "--coord_suffix", "_truth.star", "--part_star", "Extract/job004/particles.star",
-        "--part_dir", "Extract/job004/", "--extract", "--extract_size", "96", "--scale", "64",
-        "--norm", "--bg_radius", "24", "--invert_contrast",
-    ]  # fmt: skip
-    result = subprocess.run(extract, timeout=120, **run)
-    assert result.returncode == 0, result.stderr[-2000:]
-    n_extracted = len(read_star(root / "Extract/job004/particles.star")["particles"])
+def test_real_relion_2d_classification_reads_back(real_class2d):
+    root, n_extracted = real_class2d.root, real_class2d.n_extracted
     assert 100 <= n_extracted <= 250
-    (root / "Class2D/job005").mkdir(parents=True)
-    refine = [
-        "relion_refine", "--i", "Extract/job004/particles.star", "--o", "Class2D/job005/run", "--K", "3",
-        "--iter", "4", "--tau2_fudge", "2", "--particle_diameter", "180", "--ctf", "--flatten_solvent",
-        "--zero_mask", "--oversampling", "1", "--psi_step", "12", "--offset_range", "5", "--offset_step", "2",
-        "--norm", "--scale", "--j", "2", "--pool", "30", "--dont_combine_weights_via_disc", "--random_seed", "1",
-    ]  # fmt: skip
-    t0 = time.perf_counter()
-    result = subprocess.run(refine, timeout=180, **run)
-    elapsed = time.perf_counter() - t0
-    assert result.returncode == 0, result.stderr[-2000:]
-    print(f"relion_refine 2D, {n_extracted} particles, K=3, 4 iterations: {elapsed:.1f} s")
+    print(
+        f"relion_refine 2D, {n_extracted} particles, K=3, 4 iterations: {real_class2d.refine_seconds:.1f} s"
+    )
 
     r = read_class2d(root / "Class2D/job005")
     assert r.iteration == 4 and r.files.root == "run_it004"

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -232,37 +230,9 @@ def test_missing_diameter_and_particles(tmp_path: Path):
 
 
 @pytest.mark.relion
-@pytest.mark.skipif(
-    shutil.which("relion_refine") is None
-    or shutil.which("relion_preprocess") is None
-    or not DEFAULT_WEIGHTS_OK,
-    reason="Debian RELION not installed (or weights not built)",
-)
-def test_real_relion31_class2d(tmp_path: Path):
-    from relion_plugins.simulate.project import make_project
-
-    proj = make_project(
-        tmp_path / "proj", n_micrographs=3, shape=(768, 768), angpix=3.0, seed=7, junk="light",
-        snr=0.5, relion_version=4, n_particles=(70, 100), bank_size=24,
-    )  # fmt: skip
-    root = proj.project_dir
-    run = dict(cwd=root, capture_output=True, text=True)
-    extract = [
-        "relion_preprocess", "--i", "CtfFind/job003/micrographs_ctf.star", "--coord_dir", "truth/",
-        "--coord_suffix", "_truth.star", "--part_star", "Extract/job004/particles.star",
-        "--part_dir", "Extract/job004/", "--extract", "--extract_size", "96", "--scale", "64",
-        "--norm", "--bg_radius", "24", "--invert_contrast",
-    ]  # fmt: skip
-    assert subprocess.run(extract, timeout=120, **run).returncode == 0
-    (root / "Class2D/job005").mkdir(parents=True)
-    refine = [
-        "relion_refine", "--i", "Extract/job004/particles.star", "--o", "Class2D/job005/run", "--K", "3",
-        "--iter", "4", "--tau2_fudge", "2", "--particle_diameter", "180", "--ctf", "--flatten_solvent",
-        "--zero_mask", "--oversampling", "1", "--psi_step", "12", "--offset_range", "5", "--offset_step", "2",
-        "--norm", "--scale", "--j", "2", "--pool", "30", "--dont_combine_weights_via_disc", "--random_seed", "1",
-    ]  # fmt: skip
-    result = subprocess.run(refine, timeout=180, **run)
-    assert result.returncode == 0, result.stderr[-2000:]
+@pytest.mark.skipif(not DEFAULT_WEIGHTS_OK, reason="default weights not built")
+def test_real_relion31_class2d(real_class2d):
+    root = real_class2d.root
     marker = run_job(root, ["--in_parts", "Class2D/job005/run_it004_data.star"])
     assert marker == ext.SUCCESS, (root / JOB / "run.err").read_text()
     model = read_star(root / JOB / "rank_model.star")["model_classes"]
