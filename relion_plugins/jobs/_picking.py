@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..relion.coords import coordinate_path, read_coordinates, write_coordinate_list, write_coordinates
-from ..relion.external import JobContext, OutputNode
+from ..relion.external import JobContext, JobFailed, OutputNode
 from ..relion.micrographs import Micrograph, MicrographSet
 from ..relion.mrc import MrcError, read_mrc
 
@@ -146,3 +146,18 @@ def write_picking_logfile(
         )
     pages.extend(extra_pages)
     write_pdf(ctx.out_dir / "logfile.pdf", pages)
+
+
+def torch_device(ctx: JobContext):
+    """``--gpu`` as a torch device: CPU when empty or -1, a clear error when CUDA is not there."""
+    import torch
+
+    gpu = (ctx.gpu or "").strip()
+    if gpu in ("", "-1"):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise JobFailed(f"--gpu {gpu}: no CUDA GPU is available to torch {torch.__version__}")
+    index = int(gpu.split(",")[0].split(":")[0] or 0)
+    if index >= torch.cuda.device_count():
+        raise JobFailed(f"--gpu {gpu}: only {torch.cuda.device_count()} GPU(s) visible")
+    return torch.device(f"cuda:{index}")

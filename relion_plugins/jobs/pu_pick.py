@@ -16,8 +16,14 @@ import pandas as pd
 
 from ..relion.external import JobContext, JobFailed, JobSpec, OutputNode, Param
 from ..relion.micrographs import Micrograph, read_micrographs
-from ._picking import coordinate_files, coordinates_table, finish_picking, pick_all, read_finite_micrograph
-from .pu_train import _device
+from ._picking import (
+    coordinate_files,
+    coordinates_table,
+    finish_picking,
+    pick_all,
+    read_finite_micrograph,
+    torch_device,
+)
 
 PARAMS = [
     Param("model", "", "trained model file (model.pt of an rp-pu-train job)", str),
@@ -80,7 +86,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
         predict.working_shape((512, 512), angpix, model_angpix)
     except ValueError as exc:
         raise JobFailed(str(exc)) from None
-    device = _device(ctx)
+    device = torch_device(ctx)
     torch.set_num_threads(max(1, ctx.threads))
     model = from_state({"architecture": mf.arch, "state_dict": mf.state}).to(device).eval()
     calibration = predict.Calibration.from_dict(mf.meta.get("calibration"))

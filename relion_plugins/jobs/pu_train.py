@@ -18,7 +18,7 @@ import numpy as np
 from ..relion.coords import read_coordinate_list, read_particle_coordinates
 from ..relion.external import JobContext, JobFailed, JobSpec, OutputNode, Param
 from ..relion.micrographs import read_micrographs
-from ._picking import read_finite_micrograph
+from ._picking import read_finite_micrograph, torch_device
 
 ARCHS = ("resnet8", "resnet16", "conv31", "conv63", "conv127")
 OBJECTIVES = ("GE-binomial", "NNPU", "PN", "GE-KL")
@@ -187,7 +187,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
     coords_val = [labels[m.name] * scale[m.name] for m in val_mics]
     ctx.log(f" preprocessing took {time.monotonic() - t0:.1f} s")
 
-    device = _device(ctx)
+    device = torch_device(ctx)
     cfg = TrainConfig(
         arch=p["model_arch"],
         units=p["units"],
@@ -243,10 +243,13 @@ def run(ctx: JobContext) -> list[OutputNode]:
 
     # --- calibration on the validation picks (or the training ones when nothing is held out)
     cal_imgs, cal_coords = (imgs_val, coords_val) if imgs_val else (imgs_train, coords_train)
-    logits, hits, n_lab = [], [], 0
+    logits, hits, n_lab, cal_picks, cal_maps = [], [], 0, [], []
     for im, truth in zip(cal_imgs, cal_coords):
         lm = predict.score_map(result.model, im, device, step=2)
         x, y, s = predict.pick_from_map(lm, match_radius, border_px=border)
+        cal_picks.append((x, y, s))
+        if len(cal_maps) < 2:  # shown in logfile.pdf
+            cal_maps.append(lm)
         m = match_picks(np.stack([x, y], 1), truth, match_radius)
         h = np.zeros(len(x))
         h[m.pick_index] = 1
@@ -283,29 +286,15 @@ def run(ctx: JobContext) -> list[OutputNode]:
     state = get_state(result.model)
     save_model(model_path, ModelFile("pu", state["architecture"], state["state_dict"], meta))
     ctx.log(f" model written to {model_path}")
-    _write_logfile(ctx, result, cal_imgs, cal_coords, match_radius, border, device)
+    _write_logfile(ctx, result, cal_picks, cal_maps, cal_coords, match_radius)
     return [OutputNode(p["model_name"], "model"), OutputNode("logfile.pdf", "logfile")]
 
 
-def _device(ctx: JobContext):
-    """``--gpu`` as a torch device: CPU when empty or -1, a clear error when CUDA is not there."""
-    import torch
+def _write_logfile(ctx, result, picks, maps, coords, match_radius) -> None:
+    """Loss and validation curves, the held-out precision-recall curve, example score maps.
 
-    gpu = (ctx.gpu or "").strip()
-    if gpu in ("", "-1"):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise JobFailed(f"--gpu {gpu}: no CUDA GPU is available to torch {torch.__version__}")
-    index = int(gpu.split(",")[0].split(":")[0] or 0)
-    if index >= torch.cuda.device_count():
-        raise JobFailed(f"--gpu {gpu}: only {torch.cuda.device_count()} GPU(s) visible")
-    return torch.device(f"cuda:{index}")
-
-
-def _write_logfile(ctx, result, imgs, coords, match_radius, border, device) -> None:
-    """Loss and validation curves, the validation precision-recall curve, example score maps."""
+    ``picks`` / ``maps`` are the calibration pass's picks and first score maps: nothing is scored again."""
     from ..evaluate.matching import precision_recall_curve
-    from ..pick.pu import predict
     from ..plots.figures import curves_figure, image_figure, write_pdf
 
     hist = result.history
@@ -328,17 +317,11 @@ def _write_logfile(ctx, result, imgs, coords, match_radius, border, device) -> N
                 ylim=(0.0, 1.0),
             )
         )
-    xy, sc, truth = [], [], []
-    for i, (im, c) in enumerate(zip(imgs, coords)):
-        lm = predict.score_map(result.model, im, device)
-        x, y, s = predict.pick_from_map(lm, match_radius, border_px=border)
-        xy.append(np.stack([x + 1e5 * i, y], 1))
-        sc.append(s)
-        truth.append(c + np.array([1e5 * i, 0]))
-        if i < 2:
-            pages.append(
-                image_figure(lm, f"Score map (logit) of held-out micrograph {i + 1}", cmap="viridis")
-            )
+    for i, lm in enumerate(maps):
+        pages.append(image_figure(lm, f"Score map (logit) of held-out micrograph {i + 1}", cmap="viridis"))
+    xy = [np.stack([x + 1e5 * i, y], 1) for i, (x, y, _) in enumerate(picks)]
+    sc = [s for _, _, s in picks]
+    truth = [c + np.array([1e5 * i, 0]) for i, c in enumerate(coords)]
     if xy:
         curve = precision_recall_curve(
             np.concatenate(xy), np.concatenate(sc), np.concatenate(truth), match_radius
