@@ -143,3 +143,21 @@ def test_energy_is_not_increased_by_filters():
     for out in (F.lowpass(img, 1.5, 6.0), F.highpass(img, 1.5, 30.0), F.bandpass(img, 1.5, 30.0, 6.0)):
         assert out.shape == img.shape
         assert float((out**2).sum()) <= float((img**2).sum()) * (1 + 1e-5)
+
+
+def test_log_bank_cache_gives_the_uncached_responses(monkeypatch):
+    """The bank built once per (shape, diameters, low-pass) must filter exactly like one built per call."""
+    from relion_plugins.imaging import log_filter as LF
+
+    rng = np.random.default_rng(7)
+    img = rng.standard_normal((96, 80)).astype(np.float32)
+    diams = [6.0, 9.0, 12.0]
+    cached = [r.copy() for _, r in LF.log_responses(img, diams, lowpass_px=4.0)]
+    again = [r.copy() for _, r in LF.log_responses(img + 1.0, diams, lowpass_px=4.0)]  # served from cache
+    monkeypatch.setattr(LF, "_BANK_CACHE_BYTES", 0)
+    fresh = [r for _, r in LF.log_responses(img, diams, lowpass_px=4.0)]
+    for a, b, c in zip(cached, again, fresh):
+        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b, c, rtol=1e-5, atol=1e-6)  # the mean is removed before filtering
+    other = [r for _, r in LF.log_responses(img, diams, lowpass_px=None)]
+    assert not np.allclose(other[0], fresh[0])  # a different low-pass is a different bank

@@ -29,6 +29,7 @@ diameter ``d``. The pass band of ``H`` peaks at ``|k| = 1 / (sqrt(2) pi sigma) =
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 
@@ -91,14 +92,36 @@ def log_responses(
     shape = img.shape
     # scipy.fft keeps float32 -> complex64 on every numpy version and can use several threads
     spec = sfft.rfft2(img - np.float32(img.mean()), workers=workers)
-    lp = gaussian_lowpass(shape, lowpass_px)
-    if lp is not None:
-        spec *= lp
+    lp_key = None if lowpass_px is None else float(lowpass_px)
+    key = (tuple(shape), tuple(float(d) for d in diams), lp_key)
+    if diams.size * (shape[0] * (shape[1] // 2 + 1)) * 4 <= _BANK_CACHE_BYTES:
+        # a job filters many micrographs of one shape with one bank: build it once
+        for i, filt in enumerate(_cached_bank(key)):
+            yield i, sfft.irfft2(spec * filt, s=shape, workers=workers)
+        return
+    for i in range(diams.size):
+        yield i, sfft.irfft2(spec * _bank_filter(key, i), s=shape, workers=workers)
+
+
+_BANK_CACHE_BYTES = 64 * 2**20
+
+
+def _bank_filter(key: tuple, i: int) -> np.ndarray:
+    """Filter ``i`` of the bank ``key = (shape, diameters_px, lowpass_px)``, low-pass included."""
+    shape, diams, lowpass_px = key
     k2 = _k2_grid(shape)
-    for i, d in enumerate(diams):
-        a = np.float32(2.0 * math.pi**2 * diameter_to_sigma(d) ** 2)
-        filt = (2.0 * a) * k2 * np.exp(-a * k2)
-        yield i, sfft.irfft2(spec * filt, s=shape, workers=workers)
+    a = np.float32(2.0 * math.pi**2 * diameter_to_sigma(diams[i]) ** 2)
+    filt = (2.0 * a) * k2 * np.exp(-a * k2)
+    lp = gaussian_lowpass(shape, lowpass_px)
+    return filt if lp is None else filt * lp
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_bank(key: tuple) -> tuple[np.ndarray, ...]:
+    bank = tuple(_bank_filter(key, i) for i in range(len(key[1])))
+    for filt in bank:
+        filt.setflags(write=False)  # shared between calls and threads
+    return bank
 
 
 def best_response(
@@ -158,11 +181,13 @@ def split_response(
     low_in = np.full(shape, np.inf, dtype=np.float32) if with_minima else None
     low_out = np.full(shape, np.inf, dtype=np.float32) if with_minima else None
     in_idx = set(range(diams.size)[inside])
+    better = np.empty(shape, dtype=bool)
     for i, resp in log_responses(image, diams, lowpass_px=lowpass_px, workers=workers):
         best, index, low = (best_in, idx, low_in) if i in in_idx else (best_out, idx_out, low_out)
-        better = resp > best
-        best[better] = resp[better]
-        index[better] = i
+        # ufuncs with out=/where= rather than boolean indexing: no temporaries, ~3x faster per filter
+        np.greater(resp, best, out=better)
+        np.copyto(index, np.int16(i), where=better)
+        np.maximum(best, resp, out=best)
         if low is not None:
             np.minimum(low, resp, out=low)
     if with_minima:

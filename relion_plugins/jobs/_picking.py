@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -72,13 +73,16 @@ def pick_all(
     done = 0
     ctx.progress(0, len(todo))
     step = max(1, int(workers))
-    with ThreadPoolExecutor(max_workers=step) as pool:
+    with ThreadPoolExecutor(max_workers=step) if step > 1 else nullcontext() as pool:
         for start in range(0, len(todo), step):
             ctx.check_abort()
             batch = todo[start : start + step]
-            futures = [pool.submit(pick_one, by_name[name]) for name in batch]
-            for name, future in zip(batch, futures):
-                table = future.result()
+            if pool is None:  # one worker: run in this thread (no hand-offs; profilers see the work)
+                results = [pick_one(by_name[batch[0]])]
+            else:
+                futures = [pool.submit(pick_one, by_name[n]) for n in batch]
+                results = (f.result() for f in futures)  # each written as soon as it is ready
+            for name, table in zip(batch, results):
                 write_coordinates(files[name], table)
                 ctx.mark_done(name, {"n": len(table)})
                 done += 1

@@ -22,7 +22,6 @@ Pipeline (on a *working* copy of the micrograph, Fourier-cropped so that the sma
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,8 +107,10 @@ def _crop_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:
 
 
 def _robust_normalise(img: np.ndarray) -> np.ndarray:
-    med = float(np.median(img))
-    mad = float(np.median(np.abs(img - med))) * 1.4826
+    # every other pixel each way: a quarter of the work, and the estimates move by far less than the noise
+    sample = img[::2, ::2] if img.size >= 4096 else img
+    med = float(np.median(sample))
+    mad = float(np.median(np.abs(sample - med))) * 1.4826
     if not np.isfinite(mad) or mad <= 1e-12:
         mad = float(img.std()) or 1.0
     return ((img - med) / mad).astype(np.float32, copy=False)
@@ -132,6 +133,7 @@ def pick_blobs(
     border_A: float | None = None,
     return_response: bool = False,
     junk_kwargs: dict | None = None,
+    workers: int = 1,
 ) -> PickResult:
     """Pick blob-like particles of diameter ``[diameter_min_A, diameter_max_A]`` in one micrograph.
 
@@ -141,8 +143,9 @@ def pick_blobs(
     >= 999 switches the upper limit off). ``lowpass_A``: Gaussian low-pass resolution before filtering.
     ``top_k``: keep at most this many picks (highest fom first; for pseudo-labels). ``min_distance_A``:
     minimum distance between picks (default: a disk of ``SUPPRESS_FACTOR`` x the detected diameter).
-    ``working_angpix``: pixel size to work at (default: smallest particle ~16 px). ``border_A``: no picks closer than this to the edge (default: half
-    the largest diameter).
+    ``working_angpix``: pixel size to work at (default: smallest particle ~16 px). ``border_A``: no picks
+    closer than this to the edge (default: half the largest diameter). ``workers``: FFT threads (a job that
+    picks several micrographs at once gives each one thread, so that ``--j`` bounds the cores used).
     """
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2:
@@ -184,7 +187,7 @@ def pick_blobs(
         diams_A * SPHERE_FACTOR / wa,
         slice(lo, hi),
         lowpass_px=lp_px,
-        workers=_workers(),
+        workers=max(1, int(workers)),
         with_minima=True,
     )
     # A blob of the wanted size answers best inside the range; a speck or a large blob answers better
@@ -283,10 +286,6 @@ def pick_blobs(
         diameters_A=diams_A,
         n_candidates=int(cy.size),
     )
-
-
-def _workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
 
 
 NOISE_REFERENCE = True

@@ -34,8 +34,9 @@ def greedy_disks(
     if limit <= 0:
         return np.zeros(0, dtype=np.intp)
     disks: dict[int, np.ndarray] = {}
-    for i in range(cy.size):
-        y, x = int(cy[i]), int(cx[i])
+    # plain Python ints: most candidates are rejected by one lookup, where numpy scalars cost most
+    ys, xs = np.asarray(cy).astype(np.intp).tolist(), np.asarray(cx).astype(np.intp).tolist()
+    for i, (y, x) in enumerate(zip(ys, xs)):
         if blocked[y, x]:
             continue
         keep.append(i)
@@ -52,6 +53,9 @@ def greedy_disks(
             disks[key] = disk
         ri = disk.shape[0] // 2
         y0, y1, x0, x1 = y - ri, y + ri + 1, x - ri, x + ri + 1
+        if y0 >= 0 and x0 >= 0 and y1 <= ny and x1 <= nx:  # the common case: no clipping
+            blocked[y0:y1, x0:x1] |= disk
+            continue
         sy0, sx0 = max(0, -y0), max(0, -x0)
         sy1 = disk.shape[0] - max(0, y1 - ny)
         sx1 = disk.shape[1] - max(0, x1 - nx)
