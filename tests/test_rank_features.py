@@ -430,3 +430,40 @@ def test_simulated_class_set_mixes_good_and_bad():
     assert 3 <= arrays["good"].sum() <= 5  # 4 drawn good; a bad draw is never labelled good by chance here
     again = stack_classes(simulate_class_set(8, seed=4, good_fraction=0.5, config=SIM, n_images=(20, 40)))
     np.testing.assert_array_equal(arrays["averages"], again["averages"])
+
+
+def test_duplicate_mask_keeps_the_better_copy_per_micrograph():
+    from relion_plugins.rank.selection import duplicate_mask
+
+    groups = np.array(["a", "a", "a", "b", "b", "a"])
+    x = np.array([0.0, 20.0, 100.0, 10.0, 100.0, 129.0])
+    y = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    prio = np.array([0.2, 0.9, 0.5, 0.1, 0.1, 0.6])
+    drop = duplicate_mask(groups, x, y, 30.0, prio)
+    # a: 1 (0.9) beats 0 (0.2, 20 Å away); 5 (0.6) beats 2 (0.5, 29 Å away); b: 3 and 4 are 90 Å apart
+    assert drop.tolist() == [True, False, True, False, False, False]
+    # without priorities: input order decides (RELION's rule)
+    assert duplicate_mask(groups, x, y, 30.0).tolist() == [False, True, False, False, False, True]
+    assert not duplicate_mask(groups, x, y, -1.0).any()
+    assert duplicate_mask(np.array([]), np.array([]), np.array([]), 30.0).size == 0
+
+
+def test_duplicate_mask_matches_brute_force():
+    from relion_plugins.rank.selection import duplicate_mask
+
+    rng = np.random.default_rng(11)
+    n = 400
+    groups = rng.integers(0, 3, n)
+    x, y = rng.uniform(0, 500, n), rng.uniform(-200, 300, n)
+    prio = rng.random(n)
+    got = duplicate_mask(groups, x, y, 25.0, prio)
+    want = np.zeros(n, bool)
+    for g in range(3):
+        idx = np.flatnonzero(groups == g)
+        kept = []
+        for i in idx[np.argsort(-prio[idx], kind="stable")]:
+            if any(np.hypot(x[i] - x[k], y[i] - y[k]) < 25.0 for k in kept):
+                want[i] = True
+            else:
+                kept.append(i)
+    assert (got == want).all() and 0 < got.sum() < n

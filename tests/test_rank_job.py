@@ -245,3 +245,37 @@ def test_real_relion31_class2d(real_class2d):
     n_sel = len(read_star(root / JOB / "particles.star")["particles"])
     summary = read_star(root / JOB / "rank_summary.star")["rank_summary"]
     assert summary["rlnGroupNrParticles"] == n_sel > 0
+
+
+@pytest.mark.skipif(not DEFAULT_WEIGHTS_OK, reason="default weights not built yet")
+def test_duplicates_of_selected_particles_are_removed(tmp_path: Path):
+    """Two picks that alignment brought onto one particle: the better-aligned one stays (30 Å default)."""
+    data_star, truth = write_class2d(tmp_path, 4, seed=5)
+    blocks = read_star(tmp_path / data_star)
+    optics, parts = blocks["optics"], blocks["particles"]
+    optics["rlnMicrographOriginalPixelSize"] = [2.0]
+    parts["rlnMaxValueProbDistribution"] = 0.5
+    parts["rlnMicrographName"] = [f"MotionCorr/job002/mic{i:04d}.mrc" for i in range(len(parts))]
+    sel_class = int(np.argmax(truth["good"])) + 1  # a class the ranker selects
+    first = parts.index[parts["rlnClassNumber"] == sel_class][0]
+    twin = parts.loc[[first]].copy()
+    # 20 px (40 Å) off in the micrograph, but its origin brings the refined centre within 6 Å
+    twin["rlnCoordinateX"] += 20.0
+    twin["rlnOriginXAngst"] = 34.0
+    twin["rlnMaxValueProbDistribution"] = 0.2
+    twin["rlnImageName"] = "999999@Extract/job005/parts.mrcs"
+    far = twin.copy()
+    far["rlnOriginXAngst"] = 0.0  # 40 Å away after alignment: not a duplicate
+    far["rlnImageName"] = "999998@Extract/job005/parts.mrcs"
+    parts = pd.concat([parts, twin, far], ignore_index=True)
+    write_star(tmp_path / data_star, {"optics": optics, "particles": parts})
+    marker = run_job(tmp_path, ["--in_parts", data_star])
+    assert marker == ext.SUCCESS, (tmp_path / JOB / "run.err").read_text()
+    out = read_star(tmp_path / JOB / "particles.star")["particles"]
+    names = set(out["rlnImageName"])
+    assert "999999@Extract/job005/parts.mrcs" not in names and "999998@Extract/job005/parts.mrcs" in names
+    assert parts.loc[first, "rlnImageName"] in names
+    assert "removed 1 duplicates" in (tmp_path / JOB / "run.out").read_text()
+    job2 = "External/job009/"
+    assert run_job(tmp_path, ["--in_parts", data_star, "--remove_duplicates", "-1"], job2) == ext.SUCCESS
+    assert len(read_star(tmp_path / job2 / "particles.star")["particles"]) == len(out) + 1

@@ -7,7 +7,8 @@ resolution (Å), and selects the classes with score >= min_score and %/Res >= mi
 switched off with -1), then applies RELION's minimum-particles / minimum-classes rule.
 
 Outputs in the job directory: ``particles.star`` (the particles of the selected classes, optics
-included, optionally recentred), ``class_averages.star`` (selected classes, RELION Select's columns),
+included, optionally recentred, duplicates removed: two picks of one particle that 2D alignment brought
+within 30 Å keep only the better-aligned one), ``class_averages.star`` (selected classes, RELION Select's columns),
 ``rank_model.star`` (every class: rlnClassScore, %/Res in rlnParticleFigureOfMerit, rlnSelected),
 ``backup_selection.star`` (the GUI's per-class rlnSelected), ``rank_summary.star`` (one row of numbers
 for relion_schemer's ``float=read_star``) and ``logfile.pdf``.
@@ -94,6 +95,22 @@ PARAMS = [
         "diameter",
         -1.0,
         "mask diameter for the class features; -1 = the Class2D job's rlnParticleDiameter",
+        float,
+        "Å",
+    ),
+    Param(
+        "remove_duplicates",
+        30.0,
+        "drop selected particles whose refined centres (coordinate - origin) lie closer than this to a "
+        "better-aligned one (higher rlnMaxValueProbDistribution) of the same micrograph, like Select's "
+        "duplicate_threshold; -1 = off",
+        float,
+        "Å",
+    ),
+    Param(
+        "image_angpix",
+        -1.0,
+        "micrograph pixel size for the duplicate test; -1 = rlnMicrographOriginalPixelSize of the optics table",
         float,
         "Å",
     ),
@@ -197,6 +214,39 @@ def _recenter(particles: pd.DataFrame, result, selected_classes: np.ndarray) -> 
     return out
 
 
+def _duplicates(
+    ctx: JobContext, parts: pd.DataFrame, optics: pd.DataFrame | None, min_A: float, angpix: float
+) -> np.ndarray:
+    """Duplicate mask of ``parts`` (see :func:`..rank.selection.duplicate_mask`), distances in Å."""
+    from ..rank.selection import duplicate_mask
+
+    need = ("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY")
+    if any(lab not in parts.columns for lab in need):
+        ctx.warn("no micrograph names or coordinates in the particles: duplicates not removed")
+        return np.zeros(len(parts), dtype=bool)
+    n = len(parts)
+    if angpix > 0:
+        mic_apix = np.full(n, float(angpix))
+    else:
+        col = "rlnMicrographOriginalPixelSize"
+        if optics is None or col not in optics.columns or "rlnOpticsGroup" not in parts.columns:
+            ctx.warn(f"no {col} in the optics table: duplicates not removed (give --image_angpix in Å)")
+            return np.zeros(n, dtype=bool)
+        by_group = dict(zip(optics["rlnOpticsGroup"].astype(int), optics[col].astype(float)))
+        groups = parts["rlnOpticsGroup"].astype(int)
+        missing = sorted(set(groups) - set(by_group))
+        if missing:
+            raise JobFailed(f"optics group(s) {missing} of the particles are not in the optics table")
+        mic_apix = groups.map(by_group).to_numpy(dtype=np.float64)
+    x = parts["rlnCoordinateX"].to_numpy(dtype=np.float64) * mic_apix
+    y = parts["rlnCoordinateY"].to_numpy(dtype=np.float64) * mic_apix
+    if "rlnOriginXAngst" in parts.columns and "rlnOriginYAngst" in parts.columns:
+        x = x - parts["rlnOriginXAngst"].to_numpy(dtype=np.float64)
+        y = y - parts["rlnOriginYAngst"].to_numpy(dtype=np.float64)
+    prio = parts["rlnMaxValueProbDistribution"] if "rlnMaxValueProbDistribution" in parts.columns else None
+    return duplicate_mask(parts["rlnMicrographName"].to_numpy(), x, y, min_A, prio)
+
+
 def _logfile(ctx: JobContext, result, images, scores, pres, selected, counts, thr_score, min_pres) -> None:
     from ..plots.figures import gallery_figure, histogram_figure, scatter_figure, write_pdf
 
@@ -294,6 +344,13 @@ def run(ctx: JobContext) -> list[OutputNode]:
     chosen = parts.loc[keep].reset_index(drop=True)
     if p["recenter"] and len(chosen):
         chosen = _recenter(chosen, result, sel_numbers)
+    if p["remove_duplicates"] > 0 and len(chosen):
+        drop = _duplicates(ctx, chosen, result.optics, p["remove_duplicates"], p["image_angpix"])
+        if drop.any():
+            ctx.log(
+                f" removed {int(drop.sum())} duplicates (refined centres closer than {p['remove_duplicates']:g} Å)"
+            )
+            chosen = chosen.loc[~drop].reset_index(drop=True)
     blocks = {} if result.optics is None else {"optics": result.optics}
     blocks["particles"] = chosen
     write_star(ctx.output_path("particles.star"), blocks, version)

@@ -235,3 +235,56 @@ def adaptive_threshold(
     if ceiling is not None:
         t = min(t, float(ceiling))
     return t
+
+
+def duplicate_mask(
+    groups: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    min_distance: float,
+    priority: np.ndarray | None = None,
+) -> np.ndarray:
+    """True for particles to drop as duplicates: within ``min_distance`` of a kept particle of the same group.
+
+    ``groups``: micrograph of each particle; ``x``, ``y``: refined centres (same unit as ``min_distance``).
+    Within a group particles are visited by decreasing ``priority`` (ties: input order) and each is kept
+    unless a kept one lies closer than ``min_distance``, so of two copies of one particle the better one
+    stays. RELION's Select job does the same test (``do_remove_duplicates``, default 30 Å) in input order.
+    """
+    groups = np.asarray(groups)
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n = x.size
+    drop = np.zeros(n, dtype=bool)
+    if n == 0 or not min_distance > 0:
+        return drop
+    prio = np.zeros(n) if priority is None else np.nan_to_num(np.asarray(priority, dtype=np.float64))
+    d2 = float(min_distance) ** 2
+    _, inverse = np.unique(groups, return_inverse=True)
+    for g in range(int(inverse.max()) + 1):
+        idx = np.flatnonzero(inverse == g)
+        if idx.size < 2:
+            continue
+        idx = idx[np.lexsort((idx, -prio[idx]))]
+        gx, gy = x[idx], y[idx]
+        # cell list on a grid of min_distance: only the 3 x 3 neighbouring cells can hold a duplicate
+        cells: dict[tuple[int, int], list[int]] = {}
+        cx = np.floor(gx / min_distance).astype(np.int64).tolist()
+        cy = np.floor(gy / min_distance).astype(np.int64).tolist()
+        for j in range(idx.size):
+            near = False
+            for ox in (-1, 0, 1):
+                for oy in (-1, 0, 1):
+                    for k in cells.get((cx[j] + ox, cy[j] + oy), ()):
+                        if (gx[j] - gx[k]) ** 2 + (gy[j] - gy[k]) ** 2 < d2:
+                            near = True
+                            break
+                    if near:
+                        break
+                if near:
+                    break
+            if near:
+                drop[idx[j]] = True
+            else:
+                cells.setdefault((cx[j], cy[j]), []).append(j)
+    return drop
