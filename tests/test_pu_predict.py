@@ -58,3 +58,29 @@ def test_strided_map_is_exact_on_its_samples():
         np.testing.assert_allclose(fast[::step, ::step], dense[::step, ::step], atol=1e-4)
     with pytest.raises(ValueError, match="must divide"):
         score_map(model, img, step=3)
+
+
+def test_count_threshold_keeps_the_expected_number_per_micrograph():
+    from relion_plugins.pick.pu.predict import count_threshold
+
+    logits = [np.array([5.0, 4.0, 1.0, -2.0]), np.array([3.0, 2.0, -1.0]), np.array([0.5])]
+    # 2 per micrograph over 3 micrographs = the 6 best of 8: 5, 4, 3, 2, 1, 0.5
+    assert count_threshold(logits, 2.0) == 0.5
+    assert count_threshold(logits, 100.0) == -2.0  # fewer picks than expected: all pass
+    assert count_threshold(logits, 0.0) == 5.0  # at least the best pick
+    assert count_threshold([], 3.0) == 0.0
+
+
+def test_operating_calibration_puts_one_half_at_the_count_threshold():
+    from relion_plugins.pick.pu.predict import count_threshold, operating_calibration
+
+    rng = np.random.default_rng(3)
+    logits = [rng.normal(size=200) for _ in range(4)]
+    hits = [(x + rng.normal(scale=0.5, size=x.size) > 1.0).astype(float) for x in logits]
+    cal = operating_calibration(logits, hits, 30.0, completeness=0.3)
+    t = count_threshold(logits, 30.0)
+    assert cal.a > 0 and cal.completeness == 1.0
+    assert abs(float(cal(np.array([t]))[0]) - 0.5) < 1e-9
+    assert abs(cal.logit_for(0.5) - t) < 1e-9
+    kept = sum(int((x >= cal.logit_for(0.5)).sum()) for x in logits)
+    assert kept == 120  # 30 per micrograph

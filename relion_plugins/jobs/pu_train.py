@@ -64,7 +64,7 @@ PARAMS = [
     Param("normalization", "gmm", "per-micrograph normalisation", str, choices=("gmm", "standardize")),
     Param("invert", False, "particles are white on a dark background", bool),
     Param("recenter", True, "recentre --in_parts coordinates by rlnOriginXAngst/YAngst", bool),
-    Param("learning_rate", 2e-4, "Adam learning rate", float, minimum=0),
+    Param("learning_rate", 1e-3, "Adam learning rate (Topaz: 2e-4)", float, minimum=0),
     Param("minibatch", 256, "crops per minibatch", int, minimum=2),
     Param(
         "positive_fraction",
@@ -257,7 +257,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
         hits.append(h)
         n_lab += len(truth)
     completeness = min(1.0, n_lab / max(len(cal_imgs) * ppm, 1e-9))
-    calibration = predict.fit_calibration(np.concatenate(logits), np.concatenate(hits), completeness)
+    calibration = predict.operating_calibration(logits, hits, ppm, completeness)
 
     meta = {
         "angpix": work_angpix,

@@ -8,10 +8,11 @@ global parameters, or plain standardisation), then particles are made bright or 
 as partly negative, and the class prior shifts it. After training, the job marks every pick on held-out
 micrographs by whether it lies within a particle radius of a labelled particle, and fits
 ``P(marked) = c * sigmoid(a * logit + b)``, where ``c`` is the labelled share of the particles on those
-micrographs (labels from 2D classification, or a few hand picks, rarely cover every particle). The result
-``p = sigmoid(a * logit + b)`` estimates the probability that a pick is a real particle; this is the
-figure of merit the pick job writes, and its threshold (default 0.5) means "keep picks more likely
-particle than not".
+micrographs (labels from 2D classification, or a few hand picks, rarely cover every particle); that fit
+gives the slope ``a``. The offset puts ``p = 0.5`` at the logit that keeps the expected number of
+particles per micrograph on the held-out micrographs (:func:`operating_calibration`): with tens of labels
+the fitted offset is noisy, the count is not. ``p = sigmoid(a * logit + b)`` is the figure of merit the
+pick job writes; its threshold (default 0.5) keeps about the expected number of particles.
 """
 
 from __future__ import annotations
@@ -188,6 +189,38 @@ def fit_calibration(logits: np.ndarray, hits: np.ndarray, completeness: float = 
     w = res.x
     a = float(w[0]) / sd
     return Calibration(a, float(w[1]) - a * mu, 1.0)
+
+
+def count_threshold(logits_per_micrograph: list[np.ndarray], expected_per_micrograph: float) -> float:
+    """The logit above which the picks number ``expected_per_micrograph`` per micrograph on average.
+
+    Pooled over the micrographs (one global cut, so crowded micrographs keep more picks than sparse
+    ones). Fewer picks than expected: the lowest logit (every pick passes)."""
+    pooled = np.sort(np.concatenate([np.ravel(x) for x in logits_per_micrograph] or [np.zeros(0)]))[::-1]
+    if pooled.size == 0:
+        return 0.0
+    n = int(round(float(expected_per_micrograph) * len(logits_per_micrograph)))
+    return float(pooled[min(max(n, 1), pooled.size) - 1])
+
+
+def operating_calibration(
+    logits_per_micrograph: list[np.ndarray],
+    hits_per_micrograph: list[np.ndarray],
+    expected_per_micrograph: float,
+    completeness: float,
+) -> Calibration:
+    """Calibration whose 0.5 point keeps the expected number of particles per micrograph.
+
+    The slope comes from the labelled hits (:func:`fit_calibration`); the offset puts ``p = 0.5`` at
+    :func:`count_threshold`. With few labels (tens, as when a user clicks a few particles) the offset
+    of a fit to them is noisy by a logit or more, while the count uses every pick of the held-out
+    micrographs and the particle count the user gave for the class prior."""
+    fit = fit_calibration(
+        np.concatenate(logits_per_micrograph), np.concatenate(hits_per_micrograph), completeness
+    )
+    t = count_threshold(logits_per_micrograph, expected_per_micrograph)
+    a = fit.a if fit.a > 0 else 1.0
+    return Calibration(a, -a * t, 1.0)
 
 
 def pick_from_map(

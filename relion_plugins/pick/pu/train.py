@@ -33,7 +33,7 @@ class TrainConfig:
     radius_px: float = 3.0  # label radius at the training pixel size
     batch_size: int = 256
     positive_fraction: float = 1 / 16  # 16 positive + 240 unlabelled
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-3  # Topaz: 2e-4; 1e-3 learnt faster on the tuning set (seed 3001)
     weight_decay: float = 0.0
     steps_per_epoch: int = 200  # Topaz uses 5000; validation every epoch lets early stopping act sooner
     max_epochs: int = 10
@@ -110,6 +110,11 @@ def train_pu(
     else:
         pi_u = pi
         objective = make_objective(cfg.objective, pi, **kwargs)
+    # Start from the prior: a random network says p ~ 0.5 everywhere, and the GE term first spends hundreds
+    # of minibatches pushing that down to pi before anything is learnt (Topaz hides this with pretrained
+    # weights); a classifier bias of logit(pi) starts where that phase ends.
+    with torch.no_grad():
+        model.classifier.bias.fill_(math.log(pi_u / (1.0 - pi_u)))
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     n_pos = sampler.n_positive
 
