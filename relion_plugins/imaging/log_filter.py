@@ -52,14 +52,19 @@ def _k2_grid(shape: tuple[int, int]) -> np.ndarray:
     return ky[:, None] ** 2 + kx[None, :] ** 2
 
 
+def _log_filter(k2: np.ndarray, sigma: float) -> np.ndarray:
+    """One scale-normalised negated LoG filter on the |k|^2 grid ``k2``."""
+    a = np.float32(2.0 * math.pi**2 * float(sigma) ** 2)
+    # 4 pi^2 s^2 k^2 = 2 a k^2 ; exp(-a k^2)
+    return (2.0 * a) * k2 * np.exp(-a * k2)
+
+
 def log_bank(shape: tuple[int, int], sigmas) -> np.ndarray:
     """Return the scale-normalised negated LoG filters ``[n, ny, nx//2+1]`` (float32, rfft2 layout)."""
     k2 = _k2_grid(tuple(shape))
     out = np.empty((len(sigmas),) + k2.shape, dtype=np.float32)
     for i, s in enumerate(sigmas):
-        a = np.float32(2.0 * math.pi**2 * float(s) ** 2)
-        # 4 pi^2 s^2 k^2 = 2 a k^2 ; exp(-a k^2)
-        out[i] = (2.0 * a) * k2 * np.exp(-a * k2)
+        out[i] = _log_filter(k2, s)
     return out
 
 
@@ -94,31 +99,28 @@ def log_responses(
     spec = sfft.rfft2(img - np.float32(img.mean()), workers=workers)
     lp_key = None if lowpass_px is None else float(lowpass_px)
     key = (tuple(shape), tuple(float(d) for d in diams), lp_key)
-    if diams.size * (shape[0] * (shape[1] // 2 + 1)) * 4 <= _BANK_CACHE_BYTES:
-        # a job filters many micrographs of one shape with one bank: build it once
-        for i, filt in enumerate(_cached_bank(key)):
-            yield i, sfft.irfft2(spec * filt, s=shape, workers=workers)
-        return
-    for i in range(diams.size):
-        yield i, sfft.irfft2(spec * _bank_filter(key, i), s=shape, workers=workers)
+    # a job filters many micrographs of one shape with one bank: build it once (unless it is too big)
+    small = diams.size * (shape[0] * (shape[1] // 2 + 1)) * 4 <= _BANK_CACHE_BYTES
+    for i, filt in enumerate(_cached_bank(key) if small else _bank_filters(key)):
+        yield i, sfft.irfft2(spec * filt, s=shape, workers=workers)
 
 
 _BANK_CACHE_BYTES = 64 * 2**20
 
 
-def _bank_filter(key: tuple, i: int) -> np.ndarray:
-    """Filter ``i`` of the bank ``key = (shape, diameters_px, lowpass_px)``, low-pass included."""
+def _bank_filters(key: tuple) -> Iterator[np.ndarray]:
+    """The filters of the bank ``key = (shape, diameters_px, lowpass_px)``, low-pass included, one at a time."""
     shape, diams, lowpass_px = key
     k2 = _k2_grid(shape)
-    a = np.float32(2.0 * math.pi**2 * diameter_to_sigma(diams[i]) ** 2)
-    filt = (2.0 * a) * k2 * np.exp(-a * k2)
     lp = gaussian_lowpass(shape, lowpass_px)
-    return filt if lp is None else filt * lp
+    for d in diams:
+        filt = _log_filter(k2, diameter_to_sigma(d))
+        yield filt if lp is None else filt * lp
 
 
 @functools.lru_cache(maxsize=2)
 def _cached_bank(key: tuple) -> tuple[np.ndarray, ...]:
-    bank = tuple(_bank_filter(key, i) for i in range(len(key[1])))
+    bank = tuple(_bank_filters(key))
     for filt in bank:
         filt.setflags(write=False)  # shared between calls and threads
     return bank

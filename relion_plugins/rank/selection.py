@@ -261,28 +261,24 @@ def duplicate_mask(
     prio = np.zeros(n) if priority is None else np.nan_to_num(np.asarray(priority, dtype=np.float64))
     d2 = float(min_distance) ** 2
     _, inverse = np.unique(groups, return_inverse=True)
-    for g in range(int(inverse.max()) + 1):
-        idx = np.flatnonzero(inverse == g)
+    # one sort: by group, then by decreasing priority, then input order (stable) -> one slice per group
+    order = np.lexsort((np.arange(n), -prio, inverse))
+    bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+    neighbours = [(ox, oy) for ox in (-1, 0, 1) for oy in (-1, 0, 1)]
+    for idx in np.split(order, bounds):
         if idx.size < 2:
             continue
-        idx = idx[np.lexsort((idx, -prio[idx]))]
-        gx, gy = x[idx], y[idx]
+        gx, gy = x[idx].tolist(), y[idx].tolist()
         # cell list on a grid of min_distance: only the 3 x 3 neighbouring cells can hold a duplicate
+        cx = np.floor(x[idx] / min_distance).astype(np.int64).tolist()
+        cy = np.floor(y[idx] / min_distance).astype(np.int64).tolist()
         cells: dict[tuple[int, int], list[int]] = {}
-        cx = np.floor(gx / min_distance).astype(np.int64).tolist()
-        cy = np.floor(gy / min_distance).astype(np.int64).tolist()
         for j in range(idx.size):
-            near = False
-            for ox in (-1, 0, 1):
-                for oy in (-1, 0, 1):
-                    for k in cells.get((cx[j] + ox, cy[j] + oy), ()):
-                        if (gx[j] - gx[k]) ** 2 + (gy[j] - gy[k]) ** 2 < d2:
-                            near = True
-                            break
-                    if near:
-                        break
-                if near:
-                    break
+            near = any(
+                (gx[j] - gx[k]) ** 2 + (gy[j] - gy[k]) ** 2 < d2
+                for ox, oy in neighbours
+                for k in cells.get((cx[j] + ox, cy[j] + oy), ())
+            )
             if near:
                 drop[idx[j]] = True
             else:
