@@ -253,6 +253,20 @@ def cmd_ranker_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pu_pretrain(args: argparse.Namespace) -> int:
+    """Make the PU picker's shipped starting weights from simulated micrographs (every particle labelled)."""
+    from .pick.pu.pretrain import make_pretrained
+
+    make_pretrained(
+        args.out or None,
+        micrographs_per_set=args.micrographs,
+        steps=args.steps,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relion-plugins", description=__doc__)
     parser.add_argument("--version", action="version", version=f"relion-plugins {__version__}")
@@ -325,6 +339,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="", help="weights to start retraining from (default: the shipped ones)")
     p.add_argument("--project_dir", default=None, help="RELION project directory of the STAR files")
     p.set_defaults(func=cmd_ranker_train)
+
+    from .pick.pu.pretrain import DEFAULT_MICROGRAPHS, DEFAULT_STEPS
+    from .pick.pu.pretrain import DEFAULT_SEED as PU_SEED
+
+    p = sub.add_parser("pu", help="PU picker starting weights")
+    psub = p.add_subparsers(dest="pu_command", required=True)
+    p = psub.add_parser("pretrain", help=cmd_pu_pretrain.__doc__, description=cmd_pu_pretrain.__doc__)
+    p.add_argument("--out", default="", help="weights file to write (default: the shipped resnet8_u32.pt)")
+    p.add_argument("--seed", type=int, default=PU_SEED, help="random seed (default: %(default)s)")
+    p.add_argument(
+        "--micrographs", type=int, default=DEFAULT_MICROGRAPHS, help="per simulated set (default: %(default)s)"
+    )
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="minibatches (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default: %(default)s)")
+    p.set_defaults(func=cmd_pu_pretrain)
     return parser
 
 

@@ -335,3 +335,17 @@ def test_end_to_end_ge_binomial_finds_unlabelled_blobs():
     )
     assert chance < 0.15
     assert aupr > 0.7, f"AUPR {aupr:.3f} (chance {chance:.3f})"
+
+
+def test_shipped_weights_load_into_a_fresh_model():
+    """The shipped starting weights exist for the default network and load completely."""
+    from relion_plugins.pick.pu.pretrain import load_pretrained, weights_path
+
+    model = build_model("resnet8", units=32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    meta = load_pretrained(model, "resnet8", 32)
+    assert weights_path("resnet8", 32).is_file() and meta is not None
+    assert meta["provenance"]["particles"] > 1000
+    changed = [k for k, v in model.state_dict().items() if k.endswith("weight") and not torch.equal(v, before[k])]
+    assert len(changed) >= 10
+    assert load_pretrained(build_model("conv31", units=8), "conv31", 8) is None  # none shipped: unchanged

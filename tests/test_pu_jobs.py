@@ -133,3 +133,31 @@ def test_relion_31_extracts_from_pu_picks(trained: Path):
     assert result.returncode == 0, result.stderr[-2000:]
     particles = read_star(trained / "Extract/job013/particles.star")["particles"]
     assert n_picks > 0 and len(particles) == n_picks
+
+
+def test_train_continues_from_init_model(trained: Path):
+    """--init_model starts from an earlier job's weights (the loop's retrain step) and says so."""
+    job = "External/job023/"
+    args = ["--in_mics", "CtfFind/job003/micrographs_ctf.star", "--in_coords", "truth/truth.star"]
+    args += ["--diameter", "150", *TINY, "--epochs", "1", "--init_model", f"{TRAIN}model.pt"]
+    assert run_external_like_relion(trained, job, "rp-pu-train", args) == ext.SUCCESS
+    mf = load_model(trained / job / "model.pt", picker="pu")
+    assert mf.meta["provenance"]["initial_weights"].endswith(f"{TRAIN}model.pt")
+    assert "started from" in (trained / job / "run.out").read_text()
+    # the tiny conv31 has no shipped weights: the first job started from random ones
+    first = load_model(trained / TRAIN / "model.pt", picker="pu")
+    assert first.meta["provenance"]["initial_weights"] == "random"
+
+
+def test_train_init_model_errors(trained: Path):
+    base = ["--in_mics", "CtfFind/job003/micrographs_ctf.star", "--in_coords", "truth/truth.star"]
+    base += ["--diameter", "150", *TINY]
+    job = "External/job024/"
+    assert run_external_like_relion(trained, job, "rp-pu-train", [*base, "--init_model", "nope.pt"]) == ext.FAILURE
+    assert "--init_model nope.pt: no such file" in (trained / job / "run.err").read_text()
+    job = "External/job025/"  # same file, other network: refused, not half-copied
+    args = [*base, "--units", "16", "--init_model", f"{TRAIN}model.pt"]
+    assert run_external_like_relion(trained, job, "rp-pu-train", args) == ext.FAILURE
+    err = (trained / job / "run.err").read_text()
+    assert "holds a different network" in err and len(err.strip().splitlines()) == 1
+    assert not (trained / job / "model.pt").exists()

@@ -55,6 +55,20 @@ PARAMS = [
     Param("units", 32, "filters in the first layer (later layers scale from it)", int, minimum=1),
     Param("dropout", 0.0, "dropout probability", float, minimum=0, maximum=0.9),
     Param(
+        "pretrained",
+        True,
+        "start from the shipped weights (trained on simulated micrographs, every particle labelled; only "
+        "for resnet8 with 32 units) instead of random ones, as Topaz starts from its pretrained models",
+        bool,
+    ),
+    Param(
+        "init_model",
+        "",
+        "start from this model file instead (e.g. the model.pt of an earlier rp-pu-train job, to retrain "
+        "in a loop); same architecture and units",
+        str,
+    ),
+    Param(
         "autoencoder",
         0.0,
         "weight of the autoencoder reconstruction loss (the paper uses 10 / number of labelled); 0 = off",
@@ -134,6 +148,8 @@ def run(ctx: JobContext) -> list[OutputNode]:
     override = p["angpix"] if p["angpix"] > 0 else None
     mics = read_micrographs(ctx.in_mics, ctx.project_dir, angpix_override=override)
     angpix = mics.angpix
+    if p["init_model"] and not (ctx.project_dir / p["init_model"]).is_file():
+        raise JobFailed(f"--init_model {p['init_model']}: no such file")
     labels = _labels(ctx, [m.name for m in mics.items])
     labelled = [m for m in mics.items if m.name in labels and len(labels[m.name])]
     n_labels = sum(len(labels[m.name]) for m in labelled)
@@ -201,6 +217,8 @@ def run(ctx: JobContext) -> list[OutputNode]:
         max_epochs=p["epochs"],
         patience=p["patience"],
         autoencoder=p["autoencoder"],
+        pretrained=p["pretrained"],
+        init_weights=str(ctx.project_dir / p["init_model"]) if p["init_model"] else "",
         seed=p["seed"],
         threads=max(1, ctx.threads),
     )
@@ -239,7 +257,10 @@ def run(ctx: JobContext) -> list[OutputNode]:
         check_abort=ctx.check_abort,
         device=device,
     )
-    ctx.log(f" training took {result.seconds:.1f} s; best epoch {result.best_epoch}")
+    ctx.log(
+        f" training took {result.seconds:.1f} s; best epoch {result.best_epoch}; started from "
+        f"{result.initialised_from} weights"
+    )
 
     # --- calibration on the validation picks (or the training ones when nothing is held out)
     cal_imgs, cal_coords = (imgs_val, coords_val) if imgs_val else (imgs_train, coords_train)
@@ -277,6 +298,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
             "n_micrographs": len(labelled),
             "validation_micrographs": [m.name for m in val_mics],
             "seed": p["seed"],
+            "initial_weights": result.initialised_from,
             "device": str(device),
             "torch": torch.__version__,
             "micrograph_angpix": angpix,

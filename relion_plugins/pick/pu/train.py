@@ -40,6 +40,8 @@ class TrainConfig:
     patience: int = 3  # epochs without validation improvement before stopping
     augment: bool = True
     autoencoder: float = 0.0  # > 0: weight of the reconstruction loss (the paper's c = 10 / P)
+    pretrained: bool = True  # start from the shipped weights of arch/units when there are any (as Topaz)
+    init_weights: str = ""  # start from this model file instead (e.g. the previous round's model.pt)
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
 
@@ -56,6 +58,7 @@ class TrainResult:
     pi: float = float("nan")
     pi_unlabeled: float = float("nan")
     seconds: float = 0.0
+    initialised_from: str = "random"  # "random", "shipped <file>" or the path of --init_model
 
 
 def expected_prior(particles_per_micrograph: float, radius_px: float, mean_area_px: float) -> float:
@@ -87,6 +90,17 @@ def train_pu(
     torch.manual_seed(cfg.seed)
     started = time.monotonic()
     model = build_model(cfg.arch, units=cfg.units, dropout=cfg.dropout, decoder=cfg.autoencoder > 0)
+    initialised_from = "random"
+    if cfg.init_weights:
+        from .pretrain import load_weights
+
+        load_weights(model, cfg.init_weights)
+        initialised_from = str(cfg.init_weights)
+    elif cfg.pretrained:
+        from .pretrain import load_pretrained, weights_path
+
+        if load_pretrained(model, cfg.arch, cfg.units) is not None:
+            initialised_from = f"shipped {weights_path(cfg.arch, cfg.units).name}"
     model.to(device)
     crop = model.receptive_field if model.receptive_field % 2 else model.receptive_field + 1
     key = cfg.objective.strip().lower().replace("_", "-")
@@ -170,4 +184,5 @@ def train_pu(
         pi=pi,
         pi_unlabeled=pi_u,
         seconds=time.monotonic() - started,
+        initialised_from=initialised_from,
     )
