@@ -203,6 +203,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2025)
     parser.add_argument("--datasets", nargs="+", default=["sim", "empiar"], choices=["sim", "empiar"])
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--section", default="pu_vs_topaz", help="docs/benchmarks.md section to write (another name keeps the first)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.labels, args.steps, args.datasets = [100], 200, ["sim"]
@@ -238,7 +241,9 @@ def report(args: argparse.Namespace, rows: list[tuple], done: int, planned: int)
     lines = [
         "Run: `python benchmarks/pu_vs_topaz.py"
         + (" --quick" if args.quick else "")
-        + f" --labels {' '.join(map(str, args.labels))} --steps {args.steps}`. "
+        + f" --labels {' '.join(map(str, args.labels))} --steps {args.steps}"
+        + ("" if args.section == "pu_vs_topaz" else f" --section {args.section}")
+        + "`. "
         + machine_line()
         + status,
         f"Both pickers: resnet8, GE-binomial, minibatch 256 (16 + 240), {args.steps} minibatches, "
@@ -259,7 +264,8 @@ def report(args: argparse.Namespace, rows: list[tuple], done: int, planned: int)
         )
     text = "\n".join(lines) + "\n"
     print(text, flush=True)
-    update_section("pu_vs_topaz", "## PU picker vs topaz-em\n\n" + text)
+    title = "## PU picker vs topaz-em" + ("" if args.section == "pu_vs_topaz" else f" ({args.section})")
+    update_section(args.section, title + "\n\n" + text)
 
 
 if __name__ == "__main__":
