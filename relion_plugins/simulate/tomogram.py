@@ -193,7 +193,7 @@ def simulate_tomogram(cfg: TomogramConfig = TomogramConfig(), seed: int = 0) -> 
     if cfg.lowpass_px > 0:
         vol = ndi.gaussian_filter(vol, cfg.lowpass_px)
     spec = np.fft.rfftn(vol) * _missing_wedge(cfg.shape, cfg.tilt_max)
-    vol = np.fft.irfftn(spec, s=cfg.shape).astype(np.float32)
+    vol = np.fft.irfftn(spec, s=cfg.shape, axes=(0, 1, 2)).astype(np.float32)
     vol = (vol - vol.mean()) / max(float(vol.std()), 1e-12)
     table = pd.DataFrame({"x": centres[:, 0], "y": centres[:, 1], "z": centres[:, 2], "species": species})
     names = [(s.label, float(v.diameter_A)) for s, v in zip(cfg.species, vols)]
