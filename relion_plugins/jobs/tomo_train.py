@@ -20,7 +20,7 @@ from ._tomo import load_tomograms, read_volume, species_radii
 
 PARAMS = [
     Param("tomograms", "", "tomograms if not in --in_mics: a tomograms STAR or MRC files / glob patterns", str),
-    Param("diameters", "", "particle diameter of each species 1, 2, ..., comma-separated, e.g. 60,130,260", str, "Å"),
+    Param("diameters", "", "particle diameter in Å of each species 1, 2, ..., comma-separated, e.g. 60,130,260", str, "Å"),
     Param("species_names", "", "names of the species, comma-separated (for the log); empty = species1, ...", str),
     Param("method", "robpicker", "robpicker (label correction + reweighting), dr, lc (ablations) or plain", str,
           choices=("robpicker", "dr", "lc", "plain")),
