@@ -11,7 +11,7 @@ centres: one-to-one matching within half the species' diameter (at least 2 voxel
 
 All methods see the same patches in the same order (same seeds), the same network, optimiser and number
 of iterations; they differ only in the meta networks. Run on CPU with one thread unless told otherwise.
-Run:  python benchmarks/tomo_robpicker.py [--quick] [--seed 2026] [--iterations 400]
+Run:  python benchmarks/tomo_robpicker.py [--quick] [--seed 2026] [--iterations 600]
 """
 
 from __future__ import annotations
@@ -44,16 +44,17 @@ def centres(table) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=2026, help="simulation and training seed (2026 reported; tune on others)")
-    parser.add_argument("--iterations", type=int, default=400)
+    parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--patch", type=int, default=32, help="training patch side, voxels")
     parser.add_argument("--width", type=int, default=8)
-    parser.add_argument("--meta-interval", type=int, default=2)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--meta-interval", type=int, default=4)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--meta-lr", type=float, default=1e-3)
     parser.add_argument("--train-tomograms", type=int, default=3)
     parser.add_argument("--test-tomograms", type=int, default=2)
     parser.add_argument("--shape", type=int, nargs=3, default=(80, 128, 128), help="nz ny nx")
+    parser.add_argument("--snr", type=float, default=2.0, help="signal variance in particles / noise variance")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", nargs="+", default=[m for m, _ in METHODS])
     parser.add_argument("--quick", action="store_true", help="a few iterations on small tomograms (smoke test)")
@@ -62,7 +63,7 @@ def main() -> None:
     if args.quick:
         args.iterations, args.shape, args.train_tomograms, args.test_tomograms = 20, (48, 64, 64), 1, 1
     torch.set_num_threads(args.threads)
-    cfg = TomogramConfig(shape=tuple(args.shape))
+    cfg = TomogramConfig(shape=tuple(args.shape), snr=args.snr)
     t0 = time.monotonic()
     seed = args.seed
     train_t = [simulate_tomogram(cfg, seed=seed * 100 + i) for i in range(args.train_tomograms)]
@@ -106,7 +107,7 @@ def main() -> None:
         f"--iterations {args.iterations}`. " + machine_line(),
         f"{len(train_t)} training tomograms (noisy sphere labels), 1 validation tomogram (exact shape labels), "
         f"{len(test_t)} test tomograms, each {args.shape[2]}x{args.shape[1]}x{args.shape[0]} voxels at "
-        f"{cfg.angpix:g} Å; U-Net width {args.width}, depth 4, patches {args.patch}³, batch {args.batch}, "
+        f"{cfg.angpix:g} Å, SNR {args.snr:g}; U-Net width {args.width}, depth 4, patches {args.patch}³, batch {args.batch}, "
         f"{args.iterations} iterations, Adam lr {args.learning_rate:g}, meta lr {args.meta_lr:g}, a meta step every "
         f"{args.meta_interval} iterations; {args.threads} CPU thread(s). F1 per species: matched within half the "
         "species' diameter; truth counts: "

@@ -53,9 +53,11 @@ def test_dice_perfect_and_wrong():
 def test_meta_networks():
     lc = LabelCorrection(feature_channels=4, n_classes=3, alpha0=0.9)
     noisy = one_hot(torch.randint(0, 3, (2, 6, 6, 6)), 3)
-    corrected, alpha = lc(torch.randn(2, 4, 6, 6, 6), noisy)
+    own = torch.softmax(torch.randn(2, 3, 6, 6, 6), 1)
+    corrected, alpha = lc(torch.randn(2, 4, 6, 6, 6), noisy, own)
     assert torch.allclose(corrected.sum(1), torch.ones(2, 6, 6, 6), atol=1e-5)  # still a distribution
     assert 0.8 < alpha.mean().item() < 0.95  # starts by trusting the labels
+    assert torch.allclose(corrected, alpha * noisy + (1 - alpha) * own)
     dr = DataReweighting()
     assert dr.net[0].out_features == 500
     w = dr(torch.rand(3, 5))

@@ -138,11 +138,12 @@ def robust_train_loss(
     dr: DataReweighting | None,
     meta_grad: bool = True,
     frozen: dict | None = None,
+    stats: dict | None = None,
 ) -> torch.Tensor:
     """Training loss on noisy labels ``y``: Dice against the LC-corrected labels (when ``lc``), each
     patch-and-class term weighted by DR's weight of its loss value (when ``dr``).
 
-    The meta networks' inputs (the segmentation features, the loss values) are detached: corrected labels
+    The meta networks' inputs (the segmentation features and softmax, the loss values) are detached: corrected labels
     and weights are targets for the segmentation network, not something it may move. With ``meta_grad``
     the outputs keep their graph to the meta networks. ``frozen`` (a dict, filled on the first call)
     keeps those inputs from the first evaluation, so that the finite-difference evaluations at
@@ -151,18 +152,27 @@ def robust_train_loss(
     logits, features = net(x)
     target = one_hot(y, logits.shape[1])
     ctx = contextlib.nullcontext() if meta_grad else torch.no_grad()
+    own = torch.softmax(logits.detach(), dim=1)
     if frozen is not None:
         features = frozen.setdefault("features", features.detach())
+        own = frozen.setdefault("own", own)
     if lc is not None:
         with ctx:
-            target, _ = lc(features.detach(), target)
+            target, alpha = lc(features.detach(), target, own)
+        if stats is not None:
+            stats.setdefault("alpha", []).append(float(alpha.detach().mean()))
     terms = dice_terms(logits, target)
     if dr is None:
         return terms.mean()
     inputs = terms.detach() if frozen is None else frozen.setdefault("terms", terms.detach())
     with ctx:
         w = dr(inputs)
-    return (w * terms).sum() / (w.sum() + 1e-8)
+    if stats is not None:
+        stats.setdefault("weight_sd", []).append(float(w.detach().std()))
+    # Weights are normalised within each class: DR may trust one patch's label more than another's, but
+    # cannot shift weight from a hard class (a tiny species) to an easy one (the background), which would
+    # lower the training loss by giving up on the hard class.
+    return ((w * terms).sum(0) / (w.sum(0) + 1e-8)).mean()
 
 
 def _val_loss(model: UNet3D, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -220,6 +230,7 @@ def train_picker(
     t0 = time.monotonic()
     running: list[float] = []
     meta_val: list[float] = []
+    stats: dict[str, list[float]] = {}
     model.train()
     for it in range(1, cfg.iterations + 1):
         if check_abort is not None:
@@ -245,7 +256,7 @@ def train_picker(
                 p.grad = g
             meta_opt.step()
             meta_val.append(lv)
-        loss = robust_train_loss(model, x, y, lc, dr, meta_grad=False)
+        loss = robust_train_loss(model, x, y, lc, dr, meta_grad=False, stats=stats)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -254,6 +265,9 @@ def train_picker(
             record = {"iteration": it, "loss": float(np.mean(running)), "seconds": time.monotonic() - t0}
             if meta_val:
                 record["virtual_val_loss"] = float(np.mean(meta_val))
+            # what the meta networks do: mean alpha of LC, spread of DR's weights
+            record.update({k: float(np.mean(v)) for k, v in stats.items()})
+            stats = {}
             if fixed_val is not None:
                 record["validation"] = evaluate()
                 if record["validation"] < best[0]:

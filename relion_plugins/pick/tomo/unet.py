@@ -68,9 +68,10 @@ def build_unet(config: dict[str, Any]) -> UNet3D:
 
 
 class LabelCorrection(nn.Module):
-    """Label-correction network: from the segmentation features (and the noisy label) it predicts its own
-    class distribution and a per-voxel mixing coefficient alpha; the corrected soft label is
-    ``alpha * noisy_onehot + (1 - alpha) * own_softmax``.
+    """Label-correction network: from the segmentation features, the noisy label and the segmentation
+    network's own softmax it predicts a per-voxel mixing coefficient alpha; the corrected soft label is
+    ``alpha * noisy_onehot + (1 - alpha) * own_softmax``. Where the network confidently sees a particle the
+    label misses (a dropped particle, a shifted or wrongly sized sphere), a low alpha lets it keep it.
 
     alpha starts near ``alpha0`` (trust the labels) so that early training equals plain training.
     """
@@ -78,21 +79,20 @@ class LabelCorrection(nn.Module):
     def __init__(self, feature_channels: int, n_classes: int, hidden: int = 16, alpha0: float = 0.9):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv3d(feature_channels + n_classes, hidden, 3, padding=1),
+            nn.Conv3d(feature_channels + 2 * n_classes, hidden, 3, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv3d(hidden, n_classes + 1, 1),
+            nn.Conv3d(hidden, 1, 1),
         )
         with torch.no_grad():
             last = self.net[-1]
-            last.bias.zero_()
-            last.bias[-1] = float(torch.logit(torch.tensor(alpha0)))
-            last.weight[-1].mul_(0.1)
+            last.bias.fill_(float(torch.logit(torch.tensor(alpha0))))
+            last.weight.mul_(0.1)
 
-    def forward(self, features: torch.Tensor, noisy_onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(torch.cat([features, noisy_onehot], dim=1))
-        alpha = torch.sigmoid(out[:, -1:])
-        own = torch.softmax(out[:, :-1], dim=1)
-        return alpha * noisy_onehot + (1 - alpha) * own, alpha
+    def forward(
+        self, features: torch.Tensor, noisy_onehot: torch.Tensor, own_softmax: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha = torch.sigmoid(self.net(torch.cat([features, noisy_onehot, own_softmax], dim=1)))
+        return alpha * noisy_onehot + (1 - alpha) * own_softmax, alpha
 
 
 class DataReweighting(nn.Module):
