@@ -107,6 +107,23 @@ def test_pick_writes_relion5_particles(trained: Path):
     assert (job / "particles.star").read_text() == before
 
 
+def test_train_with_exact_label_maps_in_process(trained: Path, monkeypatch):
+    """--val_label_maps (exact labels named after the tomogram) and an ablation method, with plain MRC input."""
+    sim = simulate_tomogram(TomogramConfig(shape=(24, 40, 40), angpix=10.0, species=SPECIES), seed=12)
+    (trained / "Labels").mkdir(exist_ok=True)
+    write_mrc(trained / "Labels/TS_03.mrc", sim.shape_labels.astype(np.float32), 10.0)
+    monkeypatch.chdir(trained)
+    job = "External/job040/"
+    args = ["--o", job, "--in_mics", "Tomograms/job006/tomograms.star", "--in_parts", "Picks/job009/particles.star",
+            "--val_label_maps", "Labels/*.mrc", "--diameters", "60 150", "--method", "lc", *TINY, "--j", "1"]
+    assert ext.launch("tomo_train", args) == 0
+    mf = load_model(trained / job / "model.pt", picker="tomo")
+    assert mf.meta["train_config"]["method"] == "lc"
+    assert mf.meta["provenance"]["validation_tomograms"] == ["TS_03"]
+    assert mf.meta["provenance"]["train_tomograms"] == ["TS_01", "TS_02"]
+    assert all("alpha" in h for h in mf.meta["history"])
+
+
 def _fails(project: Path, job: str, module: str, args: list[str], capsys, monkeypatch) -> str:
     """Run a job in-process (as its console script would, minus the interpreter start) and expect FAILURE."""
     monkeypatch.chdir(project)

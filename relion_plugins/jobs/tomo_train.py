@@ -185,7 +185,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
         ctx.progress(record["iteration"], cfg.iterations, "iterations")
 
     ctx.progress(0, cfg.iterations, "iterations")
-    result = train_picker(train, val if val is not None else None, n_species + 1, cfg, p["width"], depth, device,
+    result = train_picker(train, val, n_species + 1, cfg, p["width"], depth, device,
                           progress=progress, check_abort=ctx.check_abort)
     ctx.log(f" training took {result.seconds:.1f} s; best iteration {result.best_iteration}")
 
@@ -218,13 +218,12 @@ def run(ctx: JobContext) -> list[OutputNode]:
     return [OutputNode(p["model_name"], "model"), OutputNode("logfile.pdf", "logfile")]
 
 
-def _components(labels: np.ndarray) -> np.ndarray:
-    """Centres (x, y, z, species) of the connected regions of a label volume."""
+def _components(labels: np.ndarray):
+    """A table of the centres (x, y, z, species) of the connected regions of a label volume."""
     from ..pick.tomo.infer import cluster_picks
 
     onehot = np.stack([labels == c for c in range(int(labels.max()) + 1)]).astype(np.float32)
-    picks = cluster_picks(onehot, min_voxels=1)
-    return picks[["x", "y", "z", "species"]].to_numpy(dtype=float)
+    return cluster_picks(onehot, min_voxels=1)
 
 
 def _write_logfile(ctx, result, vols, names, p, radii, device) -> None:
