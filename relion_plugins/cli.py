@@ -18,6 +18,7 @@ from . import __version__
 # Executables and the job module each one launches (jobs/_entry.py, setup.cfg console_scripts).
 EXECUTABLES = {"rp-pick-log": "log_pick", "rp-pu-train": "pu_train", "rp-pu-pick": "pu_pick"}
 EXECUTABLES["rp-rank-select"] = "rank_select"
+EXECUTABLES.update({"rp-tomo-train": "tomo_train", "rp-tomo-pick": "tomo_pick"})
 
 RELION_PROGRAMS = (
     "relion",

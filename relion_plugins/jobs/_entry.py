@@ -29,3 +29,13 @@ def pu_pick() -> None:
 def rank_select() -> None:
     """``rp-rank-select``: rank 2D classes and select the good ones."""
     sys.exit(launch("rank_select"))
+
+
+def tomo_train() -> None:
+    """``rp-tomo-train``: train the tomogram picker (RobPicker method)."""
+    sys.exit(launch("tomo_train"))
+
+
+def tomo_pick() -> None:
+    """``rp-tomo-pick``: pick particles in tomograms with a trained RobPicker U-Net."""
+    sys.exit(launch("tomo_pick"))

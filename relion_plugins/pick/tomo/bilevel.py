@@ -1,0 +1,286 @@
+"""Training the 3D U-Net: plainly, or by RobPicker's bi-level optimisation with meta-learned label
+correction (LC) and data reweighting (DR).
+
+Each meta step does a one-step unrolled ("virtual") update of the segmentation weights,
+``w' = w - lr * grad_w L_train(w, meta)``, evaluates the loss on clean, class-balanced validation patches at
+``w'`` and takes its gradient ``g = grad_w' L_val(w')``. The hypergradient of the meta parameters is then
+obtained by finite differences (as in DARTS and Meta-Weight-Net):
+
+    dL_val/dmeta ~= -lr * (grad_meta L_train(w + eps g) - grad_meta L_train(w - eps g)) / (2 eps)
+
+with ``eps = epsilon / |g|``. The meta networks are updated with it, then the segmentation network takes its
+real step on the training loss built with the updated meta networks: the three updates alternate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .data import PatchSampler
+from .losses import dice_loss, dice_terms, one_hot
+from .unet import DataReweighting, LabelCorrection, UNet3D
+
+METHODS = ("robpicker", "dr", "lc", "plain")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a training run (stored in the model file)."""
+
+    method: str = "robpicker"  # robpicker (LC + DR), dr (DR only), lc (LC only), plain (no meta networks)
+    iterations: int = 2000
+    batch: int = 4
+    learning_rate: float = 1e-3  # Adam, segmentation network
+    meta_lr: float = 1e-3  # Adam, meta networks
+    virtual_lr: float = 0.0  # SGD step of the unrolled update; 0 = learning_rate
+    epsilon: float = 0.01  # finite-difference step, relative to |grad L_val|
+    meta_interval: int = 1  # a meta step every this many iterations
+    val_batch: int = 4
+    eval_every: int = 50  # validation loss on fixed patches every this many iterations
+    eval_patches: int = 8
+    lc_hidden: int = 16
+    dr_hidden: int = 500
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def uses_lc(self) -> bool:
+        return self.method in ("robpicker", "lc")
+
+    @property
+    def uses_dr(self) -> bool:
+        return self.method in ("robpicker", "dr")
+
+
+@dataclass
+class TrainResult:
+    model: UNet3D
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    best_iteration: int = 0
+    lc: LabelCorrection | None = None
+    dr: DataReweighting | None = None
+
+
+@contextlib.contextmanager
+def frozen_buffers(module: torch.nn.Module) -> Iterator[None]:
+    """Restore batch-norm running statistics afterwards: virtual forward passes must not move them."""
+    saved = [b.detach().clone() for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, s in zip(module.buffers(), saved):
+                b.copy_(s)
+
+
+def fd_hypergradient(
+    params: Sequence[torch.Tensor],
+    meta_params: Sequence[torch.Tensor],
+    train_loss: Callable[[], torch.Tensor],
+    val_loss: Callable[[], torch.Tensor],
+    lr: float,
+    epsilon: float,
+) -> tuple[list[torch.Tensor], float]:
+    """Hypergradient of ``L_val(w - lr grad_w L_train(w, meta))`` w.r.t. ``meta`` by finite differences.
+
+    ``train_loss()`` / ``val_loss()`` evaluate the losses at the current values of ``params`` (they are
+    changed in place and restored). Returns one gradient per meta parameter and the value of L_val at the
+    virtual weights.
+    """
+    params = list(params)
+    meta_params = list(meta_params)
+    saved = [p.detach().clone() for p in params]
+    try:
+        g_train = torch.autograd.grad(train_loss(), params, allow_unused=True)
+        with torch.no_grad():
+            for p, g in zip(params, g_train):
+                if g is not None:
+                    p.sub_(lr * g)
+        lv = val_loss()
+        g_val = torch.autograd.grad(lv, params, allow_unused=True)
+        g_val = [torch.zeros_like(p) if g is None else g for p, g in zip(params, g_val)]
+        norm = torch.sqrt(sum((g * g).sum() for g in g_val)).item()
+        eps = epsilon / max(norm, 1e-12)
+
+        def meta_grad(sign: float) -> list[torch.Tensor]:
+            with torch.no_grad():
+                for p, s, g in zip(params, saved, g_val):
+                    p.copy_(s + sign * eps * g)
+            grads = torch.autograd.grad(train_loss(), meta_params, allow_unused=True)
+            return [torch.zeros_like(m) if g is None else g for m, g in zip(meta_params, grads)]
+
+        plus = meta_grad(1.0)
+        minus = meta_grad(-1.0)
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+    hyper = [-lr * (a - b) / (2 * eps) for a, b in zip(plus, minus)]
+    return hyper, float(lv.detach())
+
+
+def robust_train_loss(
+    net: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lc: LabelCorrection | None,
+    dr: DataReweighting | None,
+    meta_grad: bool = True,
+    frozen: dict | None = None,
+    stats: dict | None = None,
+) -> torch.Tensor:
+    """Training loss on noisy labels ``y``: Dice against the LC-corrected labels (when ``lc``), each
+    patch-and-class term weighted by DR's weight of its loss value (when ``dr``).
+
+    The meta networks' inputs (the segmentation features and softmax, the loss values) are detached: corrected labels
+    and weights are targets for the segmentation network, not something it may move. With ``meta_grad``
+    the outputs keep their graph to the meta networks. ``frozen`` (a dict, filled on the first call)
+    keeps those inputs from the first evaluation, so that the finite-difference evaluations at
+    ``w +- eps g`` differentiate the same function as autograd through the unrolled step does.
+    """
+    logits, features = net(x)
+    target = one_hot(y, logits.shape[1])
+    ctx = contextlib.nullcontext() if meta_grad else torch.no_grad()
+    own = torch.softmax(logits.detach(), dim=1)
+    if frozen is not None:
+        features = frozen.setdefault("features", features.detach())
+        own = frozen.setdefault("own", own)
+    if lc is not None:
+        with ctx:
+            target, alpha = lc(features.detach(), target, own)
+        if stats is not None:
+            stats.setdefault("alpha", []).append(float(alpha.detach().mean()))
+    terms = dice_terms(logits, target)
+    if dr is None:
+        return terms.mean()
+    inputs = terms.detach() if frozen is None else frozen.setdefault("terms", terms.detach())
+    with ctx:
+        w = dr(inputs)
+    if stats is not None:
+        stats.setdefault("weight_sd", []).append(float(w.detach().std()))
+    # Weights are normalised within each class: DR may trust one patch's label more than another's, but
+    # cannot shift weight from a hard class (a tiny species) to an easy one (the background), which would
+    # lower the training loss by giving up on the hard class.
+    return ((w * terms).sum(0) / (w.sum(0) + 1e-8)).mean()
+
+
+def _val_loss(model: UNet3D, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return dice_loss(model(x)[0], target)
+
+
+def train_picker(
+    train: PatchSampler,
+    val: PatchSampler | None,
+    n_classes: int,
+    cfg: TrainConfig,
+    width: int = 32,
+    depth: int = 4,
+    device: torch.device | str = "cpu",
+    progress: Callable[[dict], None] | None = None,
+    check_abort: Callable[[], None] | None = None,
+) -> TrainResult:
+    """Train a U-Net on ``train`` patches (noisy labels); ``val`` patches (clean labels) drive the meta
+    networks and choose the best checkpoint. Deterministic for ``cfg.seed`` on CPU."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown method {cfg.method!r}; known: {', '.join(METHODS)}")
+    if cfg.method != "plain" and val is None:
+        raise ValueError(f"method {cfg.method} needs validation patches with clean labels")
+    torch.manual_seed(cfg.seed)
+    device = torch.device(device)
+    model = UNet3D(n_classes, width, depth).to(device)
+    lc = LabelCorrection(width, n_classes, cfg.lc_hidden).to(device) if cfg.uses_lc else None
+    dr = DataReweighting(cfg.dr_hidden).to(device) if cfg.uses_dr else None
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    meta_params = [p for m in (lc, dr) if m is not None for p in m.parameters()]
+    meta_opt = torch.optim.Adam(meta_params, lr=cfg.meta_lr) if meta_params else None
+    virtual_lr = cfg.virtual_lr or cfg.learning_rate
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    fixed_val = None
+    if val is not None:
+        state = val.rng.bit_generator.state
+        fixed_val = val.sample(cfg.eval_patches)
+        val.rng.bit_generator.state = state
+        fixed_val = (fixed_val[0].to(device), fixed_val[1].to(device))
+
+    def evaluate() -> float:
+        model.eval()
+        with torch.no_grad():
+            xs, ys = fixed_val
+            losses = []
+            for i in range(0, len(xs), 2):
+                logits, _ = model(xs[i : i + 2])
+                losses.append(dice_loss(logits, one_hot(ys[i : i + 2], n_classes)).item())
+        model.train()
+        return float(np.mean(losses))
+
+    result = TrainResult(model=model, lc=lc, dr=dr)
+    best = (np.inf, 0, None)
+    t0 = time.monotonic()
+    running: list[float] = []
+    meta_val: list[float] = []
+    stats: dict[str, list[float]] = {}
+    model.train()
+    for it in range(1, cfg.iterations + 1):
+        if check_abort is not None:
+            check_abort()
+        x, y = train.sample(cfg.batch)
+        x, y = x.to(device), y.to(device)
+        if meta_opt is not None and (it - 1) % cfg.meta_interval == 0:
+            xv, yv = val.sample(cfg.val_batch)
+            xv, yv = xv.to(device), yv.to(device)
+            target_v = one_hot(yv, n_classes)
+            frozen: dict = {}
+            with frozen_buffers(model):
+                hyper, lv = fd_hypergradient(
+                    params,
+                    meta_params,
+                    functools.partial(robust_train_loss, model, x, y, lc, dr, frozen=frozen),
+                    functools.partial(_val_loss, model, xv, target_v),
+                    virtual_lr,
+                    cfg.epsilon,
+                )
+            meta_opt.zero_grad(set_to_none=True)
+            for p, g in zip(meta_params, hyper):
+                p.grad = g
+            meta_opt.step()
+            meta_val.append(lv)
+        loss = robust_train_loss(model, x, y, lc, dr, meta_grad=False, stats=stats)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running.append(float(loss.detach()))
+        if it % cfg.eval_every == 0 or it == cfg.iterations:
+            record = {"iteration": it, "loss": float(np.mean(running)), "seconds": time.monotonic() - t0}
+            if meta_val:
+                record["virtual_val_loss"] = float(np.mean(meta_val))
+            # what the meta networks do: mean alpha of LC, spread of DR's weights
+            record.update({k: float(np.mean(v)) for k, v in stats.items()})
+            stats = {}
+            if fixed_val is not None:
+                record["validation"] = evaluate()
+                if record["validation"] < best[0]:
+                    best = (record["validation"], it, copy.deepcopy(model.state_dict()))
+            running, meta_val = [], []
+            result.history.append(record)
+            if progress is not None:
+                progress(record)
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+        result.best_iteration = best[1]
+    else:
+        result.best_iteration = cfg.iterations
+    model.eval()
+    result.seconds = time.monotonic() - t0
+    return result

@@ -1,0 +1,85 @@
+"""Whole-tomogram prediction over overlapping patches, and picks by connected-component clustering."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import scipy.ndimage as ndi
+import torch
+
+from .data import standardize
+
+
+def _starts(n: int, patch: int, stride: int) -> list[int]:
+    if n <= patch:
+        return [0]
+    starts = list(range(0, n - patch + 1, stride))
+    if starts[-1] != n - patch:
+        starts.append(n - patch)
+    return starts
+
+
+@torch.no_grad()
+def predict_volume(
+    model: torch.nn.Module,
+    volume: np.ndarray,
+    patch: int = 64,
+    overlap: int = 20,
+    device: torch.device | str = "cpu",
+    check_abort: Callable[[], None] | None = None,
+) -> np.ndarray:
+    """Class probabilities ``[C, Z, Y, X]`` (float32): softmax of the network on patches overlapping by
+    ``overlap`` voxels, averaged where they overlap. Volumes smaller than a patch are padded."""
+    model.eval()
+    vol = standardize(volume)
+    shape = vol.shape
+    padded = np.pad(vol, [(0, max(0, patch - n)) for n in shape], mode="reflect") if min(shape) < patch else vol
+    pshape = padded.shape
+    stride = max(1, patch - overlap)
+    n_classes = model.config["n_classes"]
+    acc = np.zeros((n_classes, *pshape), np.float32)
+    count = np.zeros(pshape, np.float32)
+    for z in _starts(pshape[0], patch, stride):
+        if check_abort is not None:
+            check_abort()
+        for y in _starts(pshape[1], patch, stride):
+            for x in _starts(pshape[2], patch, stride):
+                sl = (slice(z, z + patch), slice(y, y + patch), slice(x, x + patch))
+                t = torch.from_numpy(np.ascontiguousarray(padded[sl]))[None, None].to(device)
+                logits, _ = model(t)
+                acc[(slice(None), *sl)] += torch.softmax(logits, 1)[0].float().cpu().numpy()
+                count[sl] += 1
+    probs = acc / count[None]
+    return probs[:, : shape[0], : shape[1], : shape[2]]
+
+
+def cluster_picks(probs: np.ndarray, min_voxels: int = 5) -> pd.DataFrame:
+    """One pick per particle and species: the argmax label map is split into 26-connected components of
+    each species (class 0 is background); components of at least ``min_voxels`` give their centroid.
+
+    Returns ``x, y, z`` (voxels), ``species``, ``score`` (mean probability of the species in the
+    component) and ``size`` (voxels).
+    """
+    labels = probs.argmax(0)
+    structure = np.ones((3, 3, 3), bool)  # 26-neighbourhood
+    rows = []
+    for c in range(1, probs.shape[0]):
+        comp, n = ndi.label(labels == c, structure=structure)
+        if n == 0:
+            continue
+        sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
+        keep = np.flatnonzero(sizes >= min_voxels) + 1
+        if keep.size == 0:
+            continue
+        cent = np.asarray(ndi.center_of_mass(np.ones_like(comp, np.float32), comp, keep), float).reshape(-1, 3)
+        score = np.asarray(ndi.mean(probs[c], comp, keep), float)
+        rows.append(
+            pd.DataFrame(
+                {"x": cent[:, 2], "y": cent[:, 1], "z": cent[:, 0], "species": c, "score": score, "size": sizes[keep - 1]}
+            )
+        )
+    if not rows:
+        return pd.DataFrame({k: pd.Series(dtype=float) for k in ("x", "y", "z", "species", "score", "size")})
+    return pd.concat(rows, ignore_index=True)
