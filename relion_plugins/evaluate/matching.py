@@ -136,6 +136,16 @@ def _as_xy(xy) -> np.ndarray:
     return arr
 
 
+def _as_points(xy) -> np.ndarray:
+    """Coordinates ``(n, 2)`` or ``(n, 3)``: matching works the same in micrographs and tomograms."""
+    arr = np.asarray(xy, dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros((0, arr.shape[1] if arr.ndim == 2 and arr.shape[1] in (2, 3) else 2))
+    if arr.ndim != 2 or arr.shape[1] not in (2, 3):
+        raise ValueError(f"expected coordinates of shape (n, 2) or (n, 3), got {arr.shape}")
+    return arr
+
+
 def border_mask(xy, shape: tuple[int, int] | None, border: float) -> np.ndarray:
     """True for points at least ``border`` px from every edge of an image of ``shape = (ny, nx)``.
 
@@ -152,8 +162,8 @@ def border_mask(xy, shape: tuple[int, int] | None, border: float) -> np.ndarray:
 
 
 def candidate_pairs(picks_xy, truth_xy, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All (pick, truth, distance) with distance <= radius, via KD-trees."""
-    p, t = _as_xy(picks_xy), _as_xy(truth_xy)
+    """All (pick, truth, distance) with distance <= radius, via KD-trees (2D or 3D coordinates)."""
+    p, t = _as_points(picks_xy), _as_points(truth_xy)
     if len(p) == 0 or len(t) == 0 or radius < 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     rec = cKDTree(p).sparse_distance_matrix(cKDTree(t), float(radius), output_type="ndarray")
@@ -335,8 +345,9 @@ def match_picks(
     """Optimal one-to-one matching within ``radius`` px (inclusive) of picks with score >= threshold.
 
     ``scores``/``threshold`` are optional; indices in the result refer to the original ``picks_xy``.
+    Coordinates are ``(n, 2)`` or, for tomograms, ``(n, 3)``.
     """
-    p, t = _as_xy(picks_xy), _as_xy(truth_xy)
+    p, t = _as_points(picks_xy), _as_points(truth_xy)
     keep = np.arange(len(p))
     if threshold is not None:
         if scores is None:

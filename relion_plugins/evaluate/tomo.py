@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import linear_sum_assignment
 
-from .matching import prf
+from .matching import match_picks, prf
 
 
 def match_3d(picks_xyz: np.ndarray, truth_xyz: np.ndarray, radius: float) -> int:
-    """Number of one-to-one matches between picks and true centres within ``radius`` voxels (optimal
-    assignment, so crowded particles are not double-counted)."""
+    """Number of one-to-one matches between picks and true centres within ``radius`` voxels (the
+    micrographs' optimal matching, so crowded particles are not double-counted)."""
     p = np.asarray(picks_xyz, float).reshape(-1, 3)
     t = np.asarray(truth_xyz, float).reshape(-1, 3)
-    if len(p) == 0 or len(t) == 0:
-        return 0
-    # tens to hundreds of particles per species and tomogram: a dense distance matrix is cheap
-    d = np.linalg.norm(p[:, None] - t[None], axis=2)
-    close = d <= radius
-    cost = np.where(close, d, 1e6 + radius)
-    rows, cols = linear_sum_assignment(cost)
-    return int(np.sum(close[rows, cols]))
+    return match_picks(p, t, radius).tp
 
 
 def species_scores(
