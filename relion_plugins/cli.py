@@ -19,6 +19,7 @@ from . import __version__
 EXECUTABLES = {"rp-pick-log": "log_pick", "rp-pu-train": "pu_train", "rp-pu-pick": "pu_pick"}
 EXECUTABLES["rp-rank-select"] = "rank_select"
 EXECUTABLES.update({"rp-tomo-train": "tomo_train", "rp-tomo-pick": "tomo_pick"})
+EXECUTABLES["rp-loop-report"] = "loop_report"
 
 RELION_PROGRAMS = (
     "relion",
@@ -355,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="minibatches (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default: %(default)s)")
     p.set_defaults(func=cmd_pu_pretrain)
+
+    from .scheme_cli import add_scheme_parser
+
+    add_scheme_parser(sub)
     return parser
 
 

@@ -39,3 +39,8 @@ def tomo_train() -> None:
 def tomo_pick() -> None:
     """``rp-tomo-pick``: pick particles in tomograms with a trained RobPicker U-Net."""
     sys.exit(launch("tomo_pick"))
+
+
+def loop_report() -> None:
+    """``rp-loop-report``: per-iteration history and logfile of the self-supervised picking loop."""
+    sys.exit(launch("loop_report"))

@@ -720,3 +720,186 @@ __all__ = [
     "scatter_figure",
     "write_pdf",
 ]
+
+
+# -- loop history (rp-loop-report) ----------------------------------------------------------------------
+
+HISTORY_PAGE = (540.0, 720.0)  # portrait: stacked panels over a table
+
+
+class _IterationAxes(_Axes):
+    """Axes whose x values are loop iterations: whole-number x ticks only (nice_ticks would give 0.5)."""
+
+    def draw(self, xlabel: str, ylabel: str) -> None:
+        p = self.page
+        p.rect(self.x, self.y, self.w, self.h, stroke="black", width=0.8)
+        first, last = math.ceil(self.xlim[0]), math.floor(self.xlim[1])
+        step = max(1, math.ceil((last - first + 1) / 12))
+        xt = np.arange(first, last + 1, step, dtype=float)
+        for t, value in zip(self.px(xt), xt):
+            p.line(t, self.y, t, self.y - _TICK_LEN, width=0.8)
+            p.text(t, self.y - _TICK_LEN - 2, f"{int(value)}", size=_TICK_SIZE, align="center", valign="top")
+        yt = nice_ticks(*self.ylim, n=4)
+        widest = 0.0
+        for t, label in zip(self.py(yt), _tick_labels(yt)):
+            p.line(self.x, t, self.x - _TICK_LEN, t, width=0.8)
+            widest = max(
+                widest,
+                p.text(self.x - _TICK_LEN - 2, t, label, size=_TICK_SIZE, align="right", valign="center"),
+            )
+        if xlabel:
+            p.text(self.x + self.w / 2, self.y - 24, xlabel, size=_LABEL_SIZE, align="center")
+        p.text(
+            self.x - _TICK_LEN - 10 - widest,
+            self.y + self.h / 2,
+            ylabel,
+            size=_LABEL_SIZE,
+            align="center",
+            angle=90,
+        )
+
+
+def _history_panel(
+    page: Page,
+    box: tuple[float, float, float, float],
+    x: np.ndarray,
+    ylabel: str,
+    series: Sequence[tuple[str, np.ndarray, str]],
+    ylim: tuple[float, float] | None,
+    xlabel: str,
+) -> None:
+    """One panel of ``history_figure``: grouped bars and lines (with a marker per point) against x."""
+    vals = [np.asarray(v, dtype=float).ravel()[: x.size] for _, v, _ in series]
+    finite = [v[np.isfinite(v)] for v in vals]
+    has_bars = any(style == "bar" for _, _, style in series)
+    xl = (float(x.min()) - 0.5, float(x.max()) + 0.5) if x.size else (-0.5, 0.5)
+    if has_bars:  # bars stand on zero
+        top = max([float(f.max()) for f in finite if f.size] + [0.0])
+        yl = _data_limits([], ylim, 0.0) if ylim is not None else (0.0, max(top, 1.0) * 1.12)
+    else:
+        yl = _data_limits(finite, ylim, 0.08)
+    ax = _IterationAxes(page, box, xl, yl)
+    bars = [i for i, (_, _, style) in enumerate(series) if style == "bar"]
+    width = 0.8 / max(1, len(bars))
+    entries = []
+    pts_x, pts_y = [], []
+    with ax.clip():
+        for i, ((label, _, style), v) in enumerate(zip(series, vals)):
+            colour = PALETTE[i % len(PALETTE)]
+            ok = np.isfinite(v)
+            if style == "bar":
+                k = bars.index(i)
+                left = x[ok] - 0.4 + k * width
+                bx, by = ax.px(left), ax.py(np.zeros(int(ok.sum())))
+                page.rects(bx, by, ax.px(left + width) - bx, ax.py(v[ok]) - by, fill=colour)
+                pts_x.append(np.concatenate([bx, ax.px(left + width)]))
+                pts_y.append(np.concatenate([ax.py(v[ok]), ax.py(v[ok])]))
+                entries.append((label, colour, "patch"))
+            else:
+                X, Y = ax.px(x[ok]), ax.py(v[ok])
+                if X.size > 1:
+                    page.polyline(X, Y, colour=colour, width=1.5)
+                page.circles(X, Y, 2.2, stroke=None, fill=colour)
+                sx, sy = _densify(X, Y)
+                pts_x.append(sx)
+                pts_y.append(sy)
+                entries.append((label, colour, "line"))
+    if not any(f.size for f in finite):
+        page.text(
+            ax.x + ax.w / 2, ax.y + ax.h / 2, "no data", size=_LABEL_SIZE, align="center", valign="center"
+        )
+    ax.legend(entries, (np.concatenate(pts_x), np.concatenate(pts_y)) if pts_x else None)
+    ax.draw(xlabel, ylabel)
+
+
+def _table_layout(header: Sequence[str], rows: Sequence[Sequence[str]], room: float):
+    """Font size, column widths and right-alignment (numeric columns) of a text table ``room`` pt wide."""
+    ncol = len(header)
+    size, gap = 7.0, 6.0
+    while True:
+        widths = [
+            max([text_width(str(header[j]), size, bold=True)] + [text_width(str(r[j]), size) for r in rows])
+            for j in range(ncol)
+        ]
+        if sum(widths) + gap * (ncol - 1) <= room or size <= 4.0:
+            break
+        size -= 0.25
+    right = []
+    for j in range(ncol):
+        cells = [str(r[j]) for r in rows if str(r[j]) not in ("", "-")]
+        try:
+            [float(c.rstrip("%")) for c in cells]
+            right.append(bool(cells))
+        except ValueError:
+            right.append(False)
+    return size, gap, widths, right
+
+
+def _draw_table(page: Page, header, rows, layout, top: float) -> None:
+    size, gap, widths, right = layout
+    line_h = size * 1.45
+    x = _MARGIN
+    lefts = []
+    for w in widths:
+        lefts.append(x)
+        x += w + gap
+    for j, h in enumerate(header):
+        ax = lefts[j] + (widths[j] if right[j] else 0.0)
+        page.text(ax, top, str(h), size=size, bold=True, align="right" if right[j] else "left")
+    page.line(_MARGIN, top - 0.35 * size, x - gap, top - 0.35 * size, width=0.5)
+    for i, row in enumerate(rows):
+        y = top - (i + 1) * line_h - 0.2 * size
+        for j, cell in enumerate(row):
+            ax = lefts[j] + (widths[j] if right[j] else 0.0)
+            page.text(ax, y, str(cell), size=size, align="right" if right[j] else "left")
+
+
+def history_figure(
+    x: np.ndarray,
+    panels: Sequence[tuple[str, Sequence[tuple[str, np.ndarray, str]], tuple[float, float] | None]],
+    title: str,
+    header: Sequence[str] = (),
+    rows: Sequence[Sequence[str]] = (),
+    xlabel: str = "iteration",
+) -> list[Page]:
+    """A per-iteration history: stacked panels sharing the x axis, then a text table; returns a **list**.
+
+    ``panels``: ``(ylabel, series, ylim)`` from top to bottom, ``series`` = [(label, values, style), ...]
+    with style ``"bar"`` (grouped bars from zero) or ``"line"`` (a marker per point; NaN leaves a gap),
+    ``ylim`` None for the data's range. ``header`` / ``rows``: the table (text cells; numeric columns are
+    right-aligned), under the panels on the first page and continued on further pages when it is long.
+    """
+    x = np.asarray(x, dtype=float).ravel()
+    width, height = HISTORY_PAGE
+    page = Page(width, height)
+    _title(page, title)
+    room = width - 2 * _MARGIN
+    layout = _table_layout(header, rows, room) if len(header) else None
+    line_h = layout[0] * 1.45 if layout else 0.0
+    table_h = min(0.4 * height, (len(rows) + 1.5) * line_h) if layout else 0.0
+    top = height - 34.0
+    bottom = _MARGIN + table_h + (30.0 if layout else 0.0)
+    n = max(1, len(panels))
+    gap = 14.0  # between panels: the x tick labels of the one above
+    panel_h = (top - bottom - 24.0 - gap * (n - 1)) / n  # 24: the x label under the last panel
+    for k, (ylabel, series, ylim) in enumerate(panels):
+        y0 = top - (k + 1) * panel_h - k * gap
+        box = (64.0, y0, width - 64.0 - 16.0, panel_h)
+        _history_panel(page, box, x, ylabel, series, ylim, xlabel if k == n - 1 else "")
+    pages = [page]
+    if layout is None:
+        return pages
+    first = max(0, int(table_h / line_h) - 1)
+    _draw_table(page, header, rows[:first], layout, _MARGIN + table_h - layout[0])
+    per_page = max(1, int((height - 34.0 - 2 * _MARGIN) / line_h) - 1)
+    rest = list(rows[first:])
+    while rest:
+        more = Page(width, height)
+        _title(more, f"{title} (table continued)")
+        _draw_table(more, header, rest[:per_page], layout, height - 34.0 - layout[0])
+        rest = rest[per_page:]
+        pages.append(more)
+    return pages
+
+
+__all__ += ["history_figure"]
