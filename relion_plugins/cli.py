@@ -74,17 +74,35 @@ def run_external_like_relion(
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Simulate a small project, run the LoG External job as RELION would, and score it against the truth."""
-    from .evaluate import evaluate_coordinates
-    from .relion.coords import read_coordinate_list
-    from .simulate import make_project
-
+    """Simulate a small project and run the self-supervised loop (scheme selfpick) on it, printing picking
+    F1 against the truth per iteration; without RELION programs, run the LoG picker alone."""
     project_dir = Path(args.dir).resolve()
     if project_dir.exists() and any(project_dir.iterdir()) and not args.force:
         print(f"{project_dir} exists and is not empty; use --force or another --dir", file=sys.stderr)
         return 1
     if project_dir.exists() and args.force:
         shutil.rmtree(project_dir)
+    has_relion = shutil.which("relion_schemer") or (shutil.which("relion_refine") and shutil.which("relion_preprocess"))
+    if not args.log_only and has_relion:
+        from .scheme_cli import LoopSettings, selfpick_demo
+
+        settings = LoopSettings(micrographs=args.micrographs, seed=args.seed, threads=args.j)
+        return selfpick_demo(project_dir, settings, log=lambda line: print(line, flush=True))
+    if not args.log_only:
+        print(
+            "No RELION programs found (relion_schemer, or Debian's relion_refine + relion_preprocess: "
+            "apt-get install relion): running the LoG picker alone instead of the whole loop.",
+            flush=True,
+        )
+    return demo_log_picker(project_dir, args)
+
+
+def demo_log_picker(project_dir: Path, args: argparse.Namespace) -> int:
+    """Simulate a small project, run the LoG External job as RELION would, and score it against the truth."""
+    from .evaluate import evaluate_coordinates
+    from .relion.coords import read_coordinate_list
+    from .simulate import make_project
+
     t0 = time.monotonic()
     print(f"Simulating {args.micrographs} micrographs in {project_dir} ...", flush=True)
     sim = make_project(project_dir, n_micrographs=args.micrographs, seed=args.seed)
@@ -282,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--j", type=int, default=2, help="threads for the picker (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing demo directory")
+    p.add_argument("--log_only", action="store_true", help="run only the LoG picker, not the whole loop")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("doctor", help=cmd_doctor.__doc__, description=cmd_doctor.__doc__)

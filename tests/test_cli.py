@@ -15,7 +15,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 def test_demo_runs_the_log_job_and_scores_it(tmp_path: Path):
-    result = run_cli("demo", "--dir", str(tmp_path / "demo"), "--micrographs", "3")
+    result = run_cli("demo", "--dir", str(tmp_path / "demo"), "--micrographs", "3", "--log_only")
     assert result.returncode == 0, result.stderr
     assert "RELION_JOB_EXIT_SUCCESS" in result.stdout
     f1 = float(result.stdout.split("F1 ")[1].split()[0])

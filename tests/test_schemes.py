@@ -6,6 +6,7 @@ import copy
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -480,3 +481,20 @@ def test_selfpick_loop_end_to_end_with_debian_relion(tmp_path):
     assert (proj / "SelfPick" / "particles.star").is_file() and (
         proj / "SelfPick" / "autopick.star"
     ).is_file()
+
+
+def test_relion_it_example_options_fit_the_on_the_fly_scheme():
+    """Every proc__VAR / proc__JOB__OPTION key of the example file exists in selfpick_otf installed as proc."""
+    import ast
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "relion_it_options.py"
+    options = ast.literal_eval(path.read_text())
+    otf = read_scheme(SHIPPED["selfpick_otf"])
+    for key in options:
+        parts = key.split("__")
+        if parts[0] != "proc":
+            continue
+        if len(parts) == 2:
+            assert otf.variable_type(parts[1]) is not None, key
+        else:
+            assert parts[2] in otf.job_stars[parts[1]].options, key
