@@ -144,8 +144,9 @@ def test_missing_job_star_and_unknown_job_type_are_rejected(tmp_path, selfpick):
 
 
 def test_fork_on_a_non_bool_variable_is_rejected(selfpick):
-    selfpick.edges[-5].bool_variable = "iter"  # CHECK_more's fork
-    assert selfpick.edges[-5].is_fork
+    fork = next(e for e in selfpick.edges if e.input == "CHECK_more")
+    fork.bool_variable = "iter"
+    assert fork.is_fork
     assert any("fork variable 'iter' is not a bool" in e for e in errors(selfpick))
 
 
