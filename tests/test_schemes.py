@@ -499,3 +499,17 @@ def test_relion_it_example_options_fit_the_on_the_fly_scheme():
             assert otf.variable_type(parts[1]) is not None, key
         else:
             assert parts[2] in otf.job_stars[parts[1]].options, key
+
+
+def test_picker_variable_chooses_the_executables(selfpick):
+    """picker = pu (PU picker) or detr (transformer picker): string=join builds rp-<picker>-train / -pick."""
+    from relion_plugins.relion.scheme_run import DryRunExecutor, SchemeWalker
+
+    selfpick.set_value("picker", "detr", reset=True)
+    selfpick.reset()
+    r = dry_run(selfpick, {"READ_selected": ["100"]}, log=lambda _: None)
+    assert "train" in _jobs(r)
+    walker = SchemeWalker(".", selfpick, DryRunExecutor(), log=lambda _: None)
+    assert walker.prepare_job("train")[1]["fn_exe"] == "rp-detr-train"
+    assert walker.prepare_job("pick")[1]["fn_exe"] == "rp-detr-pick"
+    assert walker.prepare_job("train")[1]["in_part"].endswith("particles.star")
