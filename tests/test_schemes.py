@@ -526,3 +526,32 @@ def test_picker_variable_chooses_the_executables(selfpick):
     assert walker.prepare_job("train")[1]["fn_exe"] == "rp-detr-train"
     assert walker.prepare_job("pick")[1]["fn_exe"] == "rp-detr-pick"
     assert walker.prepare_job("train")[1]["in_part"].endswith("particles.star")
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_scheme_external_jobs_only_set_parameters_their_executable_knows(name):
+    """Every paramN_label of every External node is a flag of its executable's --help (fn_exe via $$ too)."""
+    from relion_plugins.cli import EXECUTABLES
+    from relion_plugins.relion.scheme_ops import dollar_names
+
+    scheme = read_scheme(SHIPPED[name])
+    helps: dict[str, str] = {}
+    for job, star in scheme.job_stars.items():
+        if star.type_label != "relion.external":
+            continue
+        exe = star.options["fn_exe"]
+        for var in dollar_names(exe):
+            exe = exe.replace("$$" + var, scheme.strings[var][0])
+        assert exe in EXECUTABLES, (job, exe)
+        if exe not in helps:
+            helps[exe] = subprocess.run(
+                [sys.executable, "-m", "relion_plugins.jobs", EXECUTABLES[exe], "--help"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+        for i in range(1, 11):
+            label = star.options.get(f"param{i}_label", "")
+            if label:
+                assert f"--{label} " in helps[exe], (job, exe, label)
+        for word in star.options.get("other_args", "").split():
+            if word.startswith("--"):
+                assert f"{word} " in helps[exe], (job, exe, word)
