@@ -19,6 +19,7 @@ from . import __version__
 EXECUTABLES = {"rp-pick-log": "log_pick", "rp-pu-train": "pu_train", "rp-pu-pick": "pu_pick"}
 EXECUTABLES["rp-rank-select"] = "rank_select"
 EXECUTABLES.update({"rp-tomo-train": "tomo_train", "rp-tomo-pick": "tomo_pick"})
+EXECUTABLES.update({"rp-detr-train": "detr_train", "rp-detr-pick": "detr_pick"})
 
 RELION_PROGRAMS = (
     "relion",

@@ -39,3 +39,13 @@ def tomo_train() -> None:
 def tomo_pick() -> None:
     """``rp-tomo-pick``: pick particles in tomograms with a trained RobPicker U-Net."""
     sys.exit(launch("tomo_pick"))
+
+
+def detr_train() -> None:
+    """``rp-detr-train``: train the transformer picker (UPicker method)."""
+    sys.exit(launch("detr_train"))
+
+
+def detr_pick() -> None:
+    """``rp-detr-pick``: pick with a trained transformer picker."""
+    sys.exit(launch("detr_pick"))

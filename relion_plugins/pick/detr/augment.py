@@ -39,7 +39,9 @@ def offline_augment(
         xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
         variants = [(img, xy)]
         if rotations:
-            variants += [(np.ascontiguousarray(np.rot90(img, k)), rot90_points(xy, img.shape, k)) for k in (1, 2, 3)]
+            variants += [
+                (np.ascontiguousarray(np.rot90(img, k)), rot90_points(xy, img.shape, k)) for k in (1, 2, 3)
+            ]
         if flips:
             variants += [
                 (np.ascontiguousarray(v[:, ::-1]), np.stack([v.shape[1] - 1 - c[:, 0], c[:, 1]], 1))
@@ -53,14 +55,23 @@ def offline_augment(
                 break
             y0 = int(rng.integers(0, ny - crop_size + 1))
             x0 = int(rng.integers(0, nx - crop_size + 1))
-            inside = (xy[:, 0] >= x0) & (xy[:, 0] < x0 + crop_size) & (xy[:, 1] >= y0) & (xy[:, 1] < y0 + crop_size)
+            inside = (
+                (xy[:, 0] >= x0)
+                & (xy[:, 0] < x0 + crop_size)
+                & (xy[:, 1] >= y0)
+                & (xy[:, 1] < y0 + crop_size)
+            )
             out_i.append(np.ascontiguousarray(img[y0 : y0 + crop_size, x0 : x0 + crop_size]))
             out_c.append(xy[inside] - [x0, y0])
     return out_i, out_c
 
 
 def online_augment(
-    image: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator, contrast: float = 0.2, noise: float = 0.2
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    generator: torch.Generator,
+    contrast: float = 0.2,
+    noise: float = 0.2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips, 90° rotation (square crops), contrast scaling and Gaussian noise of one crop.
 

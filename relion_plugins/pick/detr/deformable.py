@@ -96,5 +96,8 @@ class MSDeformAttn(nn.Module):
             loc = reference[:, :, None, :, None, :] + off / norm[None, None, None, :, None, :]
         else:
             # offsets relative to the box: points spread over the reference box, as in the paper
-            loc = reference[:, :, None, :, None, :2] + off / self.points * reference[:, :, None, :, None, 2:] * 0.5
+            loc = (
+                reference[:, :, None, :, None, :2]
+                + off / self.points * reference[:, :, None, :, None, 2:] * 0.5
+            )
         return self.out_proj(ms_deform_attn(v, shapes, loc, w))

@@ -63,7 +63,11 @@ def set_loss(
 
 
 def denoising_loss(
-    logits: torch.Tensor, boxes: torch.Tensor, dn: DenoisingQueries, targets: list[torch.Tensor], w: LossWeights
+    logits: torch.Tensor,
+    boxes: torch.Tensor,
+    dn: DenoisingQueries,
+    targets: list[torch.Tensor],
+    w: LossWeights,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Positives reconstruct their box and say "particle"; hard negatives say "no particle"."""
     valid = dn.target_index >= 0
@@ -78,7 +82,9 @@ def denoising_loss(
     return loss, {"dn_cls": l_cls.item(), "dn_l1": l1.item() / n_boxes}
 
 
-def total_loss(out: dict, targets: list[torch.Tensor], w: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
+def total_loss(
+    out: dict, targets: list[torch.Tensor], w: LossWeights
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum over the decoder layers, the encoder proposals and (when present) the denoising queries."""
     loss, metrics = set_loss(out["logits"], out["boxes"], targets, w)
     for aux in out.get("aux", []):

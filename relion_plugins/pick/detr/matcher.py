@@ -42,7 +42,12 @@ def focal_cost(logits: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) ->
 
 @torch.no_grad()
 def match_cost(
-    logits: torch.Tensor, boxes: torch.Tensor, targets: torch.Tensor, w_class: float, w_l1: float, w_giou: float
+    logits: torch.Tensor,
+    boxes: torch.Tensor,
+    targets: torch.Tensor,
+    w_class: float,
+    w_l1: float,
+    w_giou: float,
 ) -> torch.Tensor:
     """Cost matrix ``[Q, T]`` for one image: ``logits`` ``[Q]``, ``boxes`` ``[Q, 4]``, ``targets`` ``[T, 4]``."""
     c_cls = focal_cost(logits)[:, None].expand(-1, targets.shape[0])

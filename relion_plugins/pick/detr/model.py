@@ -31,7 +31,9 @@ class DetrConfig:
     dec_layers: int = 6
     ffn: int = 1024
     queries: int = 300  # the paper splits micrographs with more particles than this
-    anchor_px: float = 24.0  # width of the encoder's anchor boxes (the particle diameter at the working scale)
+    anchor_px: float = (
+        24.0  # width of the encoder's anchor boxes (the particle diameter at the working scale)
+    )
     dn_number: int = 100  # denoising queries per image (0 = no contrastive denoising)
     lambda_l: float = 0.5  # label-noise rate
     lambda_p: float = 0.4  # positives: box noise below this
@@ -84,7 +86,9 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.attn = MSDeformAttn(c.dim, levels, c.heads, c.points)
         self.norm1 = nn.LayerNorm(c.dim)
-        self.ffn = nn.Sequential(nn.Linear(c.dim, c.ffn), nn.ReLU(), nn.Dropout(c.dropout), nn.Linear(c.ffn, c.dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(c.dim, c.ffn), nn.ReLU(), nn.Dropout(c.dropout), nn.Linear(c.ffn, c.dim)
+        )
         self.norm2 = nn.LayerNorm(c.dim)
 
     def forward(self, src, pos, ref, shapes):
@@ -99,7 +103,9 @@ class DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(c.dim)
         self.cross = MSDeformAttn(c.dim, levels, c.heads, c.points)
         self.norm2 = nn.LayerNorm(c.dim)
-        self.ffn = nn.Sequential(nn.Linear(c.dim, c.ffn), nn.ReLU(), nn.Dropout(c.dropout), nn.Linear(c.ffn, c.dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(c.dim, c.ffn), nn.ReLU(), nn.Dropout(c.dropout), nn.Linear(c.ffn, c.dim)
+        )
         self.norm3 = nn.LayerNorm(c.dim)
 
     def forward(self, tgt, query_pos, ref_boxes, memory, shapes, attn_mask):
@@ -147,7 +153,10 @@ class ParticleDETR(nn.Module):
         for lvl, f in enumerate(feats):
             b, _, h, w = f.shape
             s = self.input_proj[lvl](f)
-            pos = sine_position((b, h, w), self.config.dim, f.device) + self.level_embed[lvl][None, :, None, None]
+            pos = (
+                sine_position((b, h, w), self.config.dim, f.device)
+                + self.level_embed[lvl][None, :, None, None]
+            )
             srcs.append(s.flatten(2).transpose(1, 2))
             poss.append(pos.flatten(2).transpose(1, 2))
             shapes.append((h, w))
@@ -159,7 +168,9 @@ class ParticleDETR(nn.Module):
         pts, lvls = [], []
         for lvl, (h, w) in enumerate(shapes):
             y, x = torch.meshgrid(
-                (torch.arange(h, device=device) + 0.5) / h, (torch.arange(w, device=device) + 0.5) / w, indexing="ij"
+                (torch.arange(h, device=device) + 0.5) / h,
+                (torch.arange(w, device=device) + 0.5) / w,
+                indexing="ij",
             )
             pts.append(torch.stack([x, y], -1).reshape(-1, 2))
             lvls.append(torch.full((h * w,), lvl, device=device))
@@ -200,7 +211,9 @@ class ParticleDETR(nn.Module):
         dn: DenoisingQueries | None = None
         attn_mask = None
         if self.training and targets is not None and c.dn_number > 0:
-            dn = make_denoising_queries(targets, k, c.dn_number, c.lambda_l, c.lambda_p, c.lambda_n, generator)
+            dn = make_denoising_queries(
+                targets, k, c.dn_number, c.lambda_l, c.lambda_p, c.lambda_n, generator
+            )
             if dn is not None:
                 tgt = torch.cat([self.label_embed(dn.labels), tgt], 1)
                 ref_boxes = torch.cat([dn.boxes, ref_boxes], 1)
@@ -212,7 +225,9 @@ class ParticleDETR(nn.Module):
             tgt = layer(tgt, query_pos, ref_boxes, memory, shapes, attn_mask)
             new_boxes = (self.box_heads[i](tgt) + inverse_sigmoid(ref_boxes)).sigmoid()
             layers.append({"logits": self.class_heads[i](tgt)[..., 0], "boxes": new_boxes})
-            ref_boxes = new_boxes.detach()  # each layer refines the last one's boxes; gradients stay per layer
+            ref_boxes = (
+                new_boxes.detach()
+            )  # each layer refines the last one's boxes; gradients stay per layer
 
         n_dn = dn.size if dn is not None else 0
         match = [{"logits": lay["logits"][:, n_dn:], "boxes": lay["boxes"][:, n_dn:]} for lay in layers]
@@ -220,7 +235,9 @@ class ParticleDETR(nn.Module):
         if dn is not None:
             out["dn"] = {
                 "queries": dn,
-                "layers": [{"logits": lay["logits"][:, :n_dn], "boxes": lay["boxes"][:, :n_dn]} for lay in layers],
+                "layers": [
+                    {"logits": lay["logits"][:, :n_dn], "boxes": lay["boxes"][:, :n_dn]} for lay in layers
+                ],
             }
         return out
 

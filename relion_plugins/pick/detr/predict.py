@@ -39,7 +39,9 @@ def detect(
     try:
         for start in range(0, len(tiles), batch):
             chunk = tiles[start : start + batch]
-            crops = np.zeros((len(chunk), 1, patch, patch), np.float32)  # zero = the mean of a normalised image
+            crops = np.zeros(
+                (len(chunk), 1, patch, patch), np.float32
+            )  # zero = the mean of a normalised image
             for k, (y0, x0, _core) in enumerate(chunk):
                 part = img[y0 : y0 + patch, x0 : x0 + patch]
                 crops[k, 0, : part.shape[0], : part.shape[1]] = part

@@ -38,7 +38,9 @@ def downsample(image: np.ndarray, angpix: float, work_angpix: float) -> np.ndarr
     """Fourier-crop to ``work_angpix`` (never upsampled); no-op when the pixel sizes agree."""
     factor = float(work_angpix) / float(angpix)
     if factor < 1.0 - 1e-3:
-        raise ValueError(f"the model works at {work_angpix:g} Å/px, finer than these micrographs ({angpix:g} Å/px)")
+        raise ValueError(
+            f"the model works at {work_angpix:g} Å/px, finer than these micrographs ({angpix:g} Å/px)"
+        )
     img = np.asarray(image, dtype=np.float32)
     if factor <= 1.0 + 1e-3:
         return img
@@ -93,7 +95,9 @@ def clahe(image: np.ndarray, tiles: int = 8, clip: float = 2.0, bins: int = 256)
     lut = np.zeros((ty, tx, bins))
     for i in range(ty):
         for j in range(tx):
-            h = np.bincount(lv[ey[i] : ey[i + 1], ex[j] : ex[j + 1]].ravel(), minlength=bins).astype(np.float64)
+            h = np.bincount(lv[ey[i] : ey[i + 1], ex[j] : ex[j + 1]].ravel(), minlength=bins).astype(
+                np.float64
+            )
             limit = clip * h.sum() / bins
             excess = np.maximum(h - limit, 0).sum()
             h = np.minimum(h, limit) + excess / bins  # clipped counts spread evenly: limits the contrast gain
@@ -149,7 +153,9 @@ def patch_origins(length: int, patch: int, overlap: int) -> list[int]:
     return [int(round(v)) for v in np.linspace(0, length - patch, n)]
 
 
-def patches(shape: tuple[int, int], patch: int, overlap: int) -> list[tuple[int, int, tuple[int, int, int, int]]]:
+def patches(
+    shape: tuple[int, int], patch: int, overlap: int
+) -> list[tuple[int, int, tuple[int, int, int, int]]]:
     """``(y0, x0, core)`` of every patch; ``core`` = ``(ylo, yhi, xlo, xhi)`` in image pixels: the part of the
     patch whose detections are kept when merging (the middle of each overlap goes to one patch each)."""
     ys = patch_origins(shape[0], patch, overlap)
@@ -164,4 +170,6 @@ def patches(shape: tuple[int, int], patch: int, overlap: int) -> list[tuple[int,
         return out
 
     cy, cx = cores(ys, shape[0]), cores(xs, shape[1])
-    return [(y, x, (cy[i][0], cy[i][1], cx[j][0], cx[j][1])) for i, y in enumerate(ys) for j, x in enumerate(xs)]
+    return [
+        (y, x, (cy[i][0], cy[i][1], cx[j][0], cx[j][1])) for i, y in enumerate(ys) for j, x in enumerate(xs)
+    ]

@@ -90,7 +90,12 @@ class CropSampler:
         out = np.zeros((c, c), np.float32)
         part = img[y0 : y0 + c, x0 : x0 + c]
         out[: part.shape[0], : part.shape[1]] = part
-        inside = (xy[:, 0] >= x0) & (xy[:, 0] < x0 + part.shape[1]) & (xy[:, 1] >= y0) & (xy[:, 1] < y0 + part.shape[0])
+        inside = (
+            (xy[:, 0] >= x0)
+            & (xy[:, 0] < x0 + part.shape[1])
+            & (xy[:, 1] >= y0)
+            & (xy[:, 1] < y0 + part.shape[0])
+        )
         p = xy[inside] - [x0, y0]
         boxes = np.zeros((len(p), 4), np.float32)
         boxes[:, 0] = (p[:, 0] + 0.5) / c
@@ -140,7 +145,9 @@ def train_detr(
         own = model.state_dict()
         bad = [k for k in own if k not in init_state or init_state[k].shape != own[k].shape]
         if bad:
-            raise ValueError(f"the initial weights are of another network ({len(bad)} tensors differ, e.g. {bad[0]})")
+            raise ValueError(
+                f"the initial weights are of another network ({len(bad)} tensors differ, e.g. {bad[0]})"
+            )
         model.load_state_dict(init_state)
     model.to(device)
     imgs, xys = list(images), [np.asarray(c, dtype=np.float64).reshape(-1, 2) for c in coords]
