@@ -152,11 +152,12 @@ def main() -> None:
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="detr_vs_pu_"))
     rows: list[tuple] = []
+    pretrain_s: dict[str, float] = {}
     for key in args.datasets:
         ds = simulated(workdir, 24, 8, args.seed) if key == "sim" else empiar(workdir)
         runner = Runner(ds, args)
-        t_pre = runner.pretrain()
-        print(ds.name, "pretraining", f"{t_pre:.0f} s", flush=True)
+        pretrain_s[ds.name] = runner.pretrain()
+        print(ds.name, "pretraining", f"{pretrain_s[ds.name]:.0f} s", flush=True)
         for tag, n, who, extra, pretrained in PLAN[key]:
             labels = labelled_subset(ds, n, args.seed)
             if extra is None:
@@ -165,7 +166,7 @@ def main() -> None:
                 res = runner.detr(tag, n, labels, extra, pretrained)
             print(ds.name, n, who, res, flush=True)
             rows.append((key, ds.name, len(labels), tag, who, *res))
-            report(args, rows, t_pre if key == "sim" else None)
+            report(args, rows, pretrain_s)
 
 
 def _f1(rows, key, tag) -> float | None:
@@ -197,7 +198,7 @@ def acceptance(rows) -> list[str]:
     return checks
 
 
-def report(args: argparse.Namespace, rows: list[tuple], t_pre: float | None) -> None:
+def report(args: argparse.Namespace, rows: list[tuple], pretrain_s: dict[str, float]) -> None:
     lines = [
         "Run: `nice -n 10 python benchmarks/detr_vs_pu.py"
         + f" --datasets {' '.join(args.datasets)} --size {args.size} --epochs {args.epochs}"
@@ -220,10 +221,9 @@ def report(args: argparse.Namespace, rows: list[tuple], t_pre: float | None) -> 
     for _key, name, n, _tag, who, res, t_train, t_pick in rows:
         lines.append(f"| {name} | {n} | {who} | {res['aupr']:.3f} | {res['f1']:.3f} | {res['best_f1']:.3f} "
                      f"| {t_train:.0f} | {t_pick:.1f} |")  # fmt: skip
-    if t_pre is not None:
-        lines.append(
-            f"\nPretraining (shared by the pretrained rows of a data set) took {t_pre:.0f} s on the simulated set."
-        )
+    if pretrain_s:
+        done = ", ".join(f"{k}: {v:.0f} s" for k, v in pretrain_s.items())
+        lines.append(f"\nPretraining, shared by the pretrained rows of a data set, took {done}.")
     checks = acceptance(rows)
     if checks:
         lines += ["", "| acceptance direction | data | F1 | result |", "|---|---|---|---|", *checks]
