@@ -232,5 +232,74 @@ def report(args: argparse.Namespace, rows: list[tuple], pretrain_s: dict[str, fl
     update_section(args.section, "## Transformer picker (UPicker method) vs PU picker\n\n" + text)
 
 
+def timing(argv: list[str] | None = None) -> None:
+    """Train-step and pick time of the full configuration (ResNet-50, 6 + 6 layers, 300 queries) on one
+    simulated 4096² micrograph: on the GPU when torch sees one, else on the CPU (said so in the table).
+
+    Run:  python benchmarks/detr_vs_pu.py --timing [--steps 20]"""
+    import torch
+
+    from relion_plugins.pick.detr.losses import LossWeights, total_loss
+    from relion_plugins.pick.detr.model import DetrConfig, build_model
+    from relion_plugins.pick.detr.predict import detect
+    from relion_plugins.pick.detr.preprocess import PreprocessConfig, prepare
+    from relion_plugins.pick.detr.train import CropSampler
+    from relion_plugins.simulate.micrograph import MicrographConfig, simulate_micrograph
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--timing", action="store_true")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sim = simulate_micrograph(MicrographConfig(shape=(4096, 4096), angpix=1.0), np.random.default_rng(1))
+    work = max(1.0, sim.diameter_A / 24.0)
+    t0 = time.monotonic()
+    img = prepare(sim.image, 1.0, work, PreprocessConfig())
+    t_pre = time.monotonic() - t0
+    xy = sim.particles * img.shape[1] / sim.image.shape[1]
+    model = build_model(DetrConfig(anchor_px=sim.diameter_A / work)).to(device)
+    sampler = CropSampler([img], [xy], sim.diameter_A / work, 256, 0, True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+    for i in range(args.steps + 2):
+        if i == 2:  # the first steps include allocator warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.monotonic()
+        x, targets = sampler.batch(2, device)
+        loss, _ = total_loss(model(x, targets), targets, LossWeights())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    per_step = (time.monotonic() - t0) / args.steps
+    t0 = time.monotonic()
+    x, _, _ = detect(model, img, 256, overlap=24, device=device, nms_radius=14.4)
+    t_pick = time.monotonic() - t0
+    where = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
+    text = (
+        f"Run: `python benchmarks/detr_vs_pu.py --timing --steps {args.steps} --threads {args.threads}`. "
+        + machine_line()
+        + f"\nFull configuration (ResNet-50, 256-d, 6 + 6 layers, 300 queries, CDN on) on **{where}**; one simulated "
+        f"4096² micrograph at 1 Å/px, particle {sim.diameter_A:.0f} Å scaled to 24 px ({img.shape[1]}² px at "
+        f"{work:.2f} Å/px), crops / patches 256 px, minibatch 2.\n\n"
+        "| step | seconds |\n|---|---|\n"
+        f"| one training minibatch | {per_step:.2f} |\n"
+        f"| 100-minibatch epoch (estimate) | {100 * per_step:.0f} |\n"
+        f"| preprocessing one 4096² micrograph | {t_pre:.1f} |\n"
+        f"| picking one 4096² micrograph (after preprocessing; untrained weights, {len(x)} detections) | {t_pick:.1f} |\n"
+    )
+    print(text, flush=True)
+    update_section("detr_vs_pu_timing", "## Transformer picker: full-configuration timing\n\n" + text)
+
+
+if __name__ == "__main__" and "--timing" in sys.argv:
+    timing()
+    sys.exit(0)
+
+
 if __name__ == "__main__":
     main()
