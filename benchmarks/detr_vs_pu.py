@@ -149,6 +149,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2025)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--section", default="detr_vs_pu")
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="run only these rows (tags of PLAN, e.g. full5 pu5)"
+    )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="detr_vs_pu_"))
     rows: list[tuple] = []
@@ -156,9 +159,13 @@ def main() -> None:
     for key in args.datasets:
         ds = simulated(workdir, 24, 8, args.seed) if key == "sim" else empiar(workdir)
         runner = Runner(ds, args)
-        pretrain_s[ds.name] = runner.pretrain()
+        pretrain_s[ds.name] = (
+            runner.pretrain() if any(p[4] for p in PLAN[key] if not args.only or p[0] in args.only) else 0.0
+        )
         print(ds.name, "pretraining", f"{pretrain_s[ds.name]:.0f} s", flush=True)
         for tag, n, who, extra, pretrained in PLAN[key]:
+            if args.only and tag not in args.only:
+                continue
             labels = labelled_subset(ds, n, args.seed)
             if extra is None:
                 res = runner.pu(tag, n, labels)
@@ -198,14 +205,33 @@ def acceptance(rows) -> list[str]:
     return checks
 
 
+def _describe(size: str) -> str:
+    from relion_plugins.pick.detr.model import PRESETS
+
+    c = PRESETS[size]
+    return f"{c.backbone} backbone, {c.dim}-d, {c.enc_layers} encoder + {c.dec_layers} decoder layers, {c.queries} queries"
+
+
+def _public_argv() -> list[str]:
+    """The command line without ``--workdir DIR`` (a temporary path says nothing about the run)."""
+    out, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--workdir":
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
 def report(args: argparse.Namespace, rows: list[tuple], pretrain_s: dict[str, float]) -> None:
     lines = [
-        "Run: `nice -n 10 python benchmarks/detr_vs_pu.py"
-        + f" --datasets {' '.join(args.datasets)} --size {args.size} --epochs {args.epochs}"
-        + f" --pretrain_epochs {args.pretrain_epochs} --pu_steps {args.pu_steps}`. "
+        "Run: `nice -n 10 python benchmarks/detr_vs_pu.py "
+        + " ".join(a for a in _public_argv())
+        + "`. "
         + machine_line(),
-        f"Reduced CPU configuration, 1 thread: transformer model size `{args.size}` (ResNet-tiny backbone, 1 encoder + "
-        f"2 decoder layers, 60 queries), particle {args.scaled_diameter:g} px, crops {args.crop} px, minibatch 2, "
+        f"Reduced CPU configuration, 1 thread: transformer model size `{args.size}` ({_describe(args.size)}), particle {args.scaled_diameter:g} px, crops {args.crop} px, minibatch 2, "
         f"AdamW lr {args.lr:g}; pretraining {args.pretrain_epochs} x 100 minibatches on all training micrographs "
         f"with A-LoG top-K pseudo-labels (K = 1.2 x the mean particle count); fine-tuning at most {args.epochs} x 100 "
         "minibatches, early stopping on validation F1 (patience 3, 20% of the labelled micrographs held out). "
@@ -227,6 +253,10 @@ def report(args: argparse.Namespace, rows: list[tuple], pretrain_s: dict[str, fl
     checks = acceptance(rows)
     if checks:
         lines += ["", "| acceptance direction | data | F1 | result |", "|---|---|---|---|", *checks]
+        lines.append(
+            "\nOne seed and one draw of labelled micrographs; the spread between seeds was not measured, so "
+            "differences of a few hundredths in F1 may be noise."
+        )
     text = "\n".join(lines) + "\n"
     print(text, flush=True)
     update_section(args.section, "## Transformer picker (UPicker method) vs PU picker\n\n" + text)

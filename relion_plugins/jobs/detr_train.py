@@ -124,17 +124,22 @@ def validation_scorer(images, coords, diameter_px: float, crop: int, device):
 
 
 def run(ctx: JobContext) -> list[OutputNode]:
-    import torch
-
-    from ..pick.detr.preprocess import PreprocessConfig, prepare
-    from ..pick.detr.train import TrainConfig, pseudo_labels, train_detr
-    from ..pick.model_file import ModelFile, ModelFileError, load_model, save_model
     from .pu_train import _labels  # the same label reading as the PU picker (parts or coords)
 
     p = ctx.params
     override = p["angpix"] if p["angpix"] > 0 else None
     mics = read_micrographs(ctx.in_mics, ctx.project_dir, angpix_override=override)
     angpix = mics.angpix
+    finetune = p["mode"] in ("both", "finetune")
+    # labels before torch is imported: a job without labels fails in a fraction of a second
+    labels = _labels(ctx, [m.name for m in mics.items]) if finetune else {}
+
+    import torch
+
+    from ..pick.detr.preprocess import PreprocessConfig, prepare
+    from ..pick.detr.train import TrainConfig, pseudo_labels, train_detr
+    from ..pick.model_file import ModelFile, ModelFileError, load_model, save_model
+
     arch = _architecture(p)
     init = None
     if p["init_model"]:
@@ -143,9 +148,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
         except ModelFileError as exc:
             raise JobFailed(str(exc)) from None
         arch = type(arch).from_dict(init.arch)
-    finetune = p["mode"] in ("both", "finetune")
     pretrain = p["mode"] in ("both", "pretrain") and init is None
-    labels = _labels(ctx, [m.name for m in mics.items]) if finetune else {}
     labelled = [m for m in mics.items if m.name in labels and len(labels[m.name])]
     if finetune and len(labelled) < 2:
         raise JobFailed("fine-tuning needs labelled particles on at least 2 micrographs (one is held out)")
