@@ -20,6 +20,7 @@ EXECUTABLES = {"rp-pick-log": "log_pick", "rp-pu-train": "pu_train", "rp-pu-pick
 EXECUTABLES["rp-rank-select"] = "rank_select"
 EXECUTABLES.update({"rp-tomo-train": "tomo_train", "rp-tomo-pick": "tomo_pick"})
 EXECUTABLES["rp-loop-report"] = "loop_report"
+EXECUTABLES.update({"rp-detr-train": "detr_train", "rp-detr-pick": "detr_pick"})
 
 RELION_PROGRAMS = (
     "relion",

@@ -44,3 +44,13 @@ def tomo_pick() -> None:
 def loop_report() -> None:
     """``rp-loop-report``: per-iteration history and logfile of the self-supervised picking loop."""
     sys.exit(launch("loop_report"))
+
+
+def detr_train() -> None:
+    """``rp-detr-train``: train the transformer picker (UPicker method)."""
+    sys.exit(launch("detr_train"))
+
+
+def detr_pick() -> None:
+    """``rp-detr-pick``: pick with a trained transformer picker."""
+    sys.exit(launch("detr_pick"))

@@ -1,0 +1,335 @@
+"""The transformer picker (rp-detr-train / rp-detr-pick, run as RELION runs them): ablations and PU comparison.
+
+With 5 and 20 labelled micrographs (every particle on them labelled; EMPIAR-10017 has only 14 training
+micrographs, so its "20" uses all 14):
+* pretrain (A-LoG pseudo-labels on all training micrographs) + fine-tune  vs  fine-tune only (random start),
+* with contrastive denoising (CDN) vs without (fine-tuning without CDN from the same pretrained weights),
+* hybrid augmentation vs none (5 labelled micrographs),
+* the transformer picker vs the PU picker (rp-pu-train / rp-pu-pick) on the same labelled micrographs.
+Ablations run on the simulated set; on EMPIAR-10017 the full method, fine-tune only (5) and PU.
+
+Scored against all true particles of held-out test micrographs (simulated: 8 never used in training or
+pretraining; EMPIAR: the 6 of the LoG / PU benchmarks): AUPR, F1 at each picker's own operating point
+(detr: the score threshold of best validation F1 stored in the model; PU: calibrated score 0.5) and the
+best F1 over thresholds. Nothing is tuned on the test micrographs.
+
+Reduced CPU configuration (the default): model size tiny, particle 16 px, crops 128 px, 1 thread.
+Run:  nice -n 10 python benchmarks/detr_vs_pu.py [--datasets sim empiar] [--size tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import machine_line, update_section  # noqa: E402
+from pu_vs_topaz import Dataset, empiar, expected_per_mic, score, simulated, write_labels  # noqa: E402
+
+from relion_plugins.cli import run_external_like_relion  # noqa: E402
+from relion_plugins.pick.model_file import load_model  # noqa: E402
+from relion_plugins.relion.coords import read_coordinate_list  # noqa: E402
+
+SUCCESS = "RELION_JOB_EXIT_SUCCESS"
+
+
+def labelled_subset(ds: Dataset, n: int, seed: int) -> dict[str, np.ndarray]:
+    """All true particles of ``n`` training micrographs drawn with ``seed`` (nested: the 5 are among the 20)."""
+    order = np.random.default_rng(seed).permutation(len(ds.train))
+    names = [ds.train[i] for i in order[: min(n, len(ds.train))]]
+    return {name: np.asarray(ds.truth.get(name, np.zeros((0, 2))), float) for name in names}
+
+
+def run_job(ds: Dataset, job: str, exe: str, args: list[str]) -> float:
+    shutil.rmtree(ds.project / job, ignore_errors=True)
+    t0 = time.monotonic()
+    if run_external_like_relion(ds.project, job, exe, args, threads=1, timeout=3600) != SUCCESS:
+        raise RuntimeError(f"{exe} {job}: " + (ds.project / job / "run.err").read_text())
+    return time.monotonic() - t0
+
+
+def picks_of(ds: Dataset, job: str) -> dict[str, np.ndarray]:
+    tables = read_coordinate_list(ds.project / job / "autopick.star", ds.project)
+    cols = ["rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit"]
+    return {n: t[cols].to_numpy(float) for n, t in tables.items()}
+
+
+class Runner:
+    def __init__(self, ds: Dataset, args: argparse.Namespace) -> None:
+        self.ds, self.args = ds, args
+        self.test_mics = ds.write_subset("test_mics.star", ds.test)
+        self.common = ["--diameter", str(ds.diameter_A), "--model_size", args.size, "--scaled_diameter",
+                       str(args.scaled_diameter), "--crop", str(args.crop), "--learning_rate", str(args.lr),
+                       "--steps_per_epoch", "100", "--seed", str(args.seed)]  # fmt: skip
+        self.pretrained = ""
+
+    def pretrain(self) -> float:
+        job = "External/detr_pretrain/"
+        mics = self.ds.write_subset("train_mics.star", self.ds.train)
+        ppm = expected_per_mic(self.ds)
+        args = ["--in_mics", mics, "--mode", "pretrain", "--pretrain_epochs", str(self.args.pretrain_epochs),
+                "--pretrain_topk", str(int(round(1.2 * ppm))), *self.common]  # fmt: skip
+        seconds = run_job(self.ds, job, "rp-detr-train", args)
+        self.pretrained = f"{job}model.pt"
+        return seconds
+
+    def detr(self, tag: str, n: int, labels: dict, extra: list[str], pretrained: bool) -> tuple:
+        ds = self.ds
+        listing = write_labels(ds, labels, f"Labels/n{n}/")
+        mics = ds.write_subset(f"labelled_{n}.star", list(labels))
+        train_job, pick_job = f"External/{tag}_train/", f"External/{tag}_pick/"
+        args = ["--in_mics", mics, "--in_coords", listing, "--mode", "finetune", "--epochs", str(self.args.epochs),
+                "--patience", "3", *self.common, *extra]  # fmt: skip
+        if pretrained:
+            args += ["--init_model", self.pretrained]
+        t_train = run_job(ds, train_job, "rp-detr-train", args)
+        thr = float(load_model(ds.project / train_job / "model.pt", picker="detr").meta["threshold"])
+        t_pick = run_job(ds, pick_job, "rp-detr-pick", ["--in_mics", self.test_mics, "--model",
+                                                          f"{train_job}model.pt", "--threshold", "0"])  # fmt: skip
+        return score(ds, picks_of(ds, pick_job), thr), t_train, t_pick
+
+    def pu(self, tag: str, n: int, labels: dict) -> tuple:
+        ds = self.ds
+        listing = write_labels(ds, labels, f"Labels/n{n}/")
+        mics = ds.write_subset(f"labelled_{n}.star", list(labels))
+        train_job, pick_job = f"External/{tag}_train/", f"External/{tag}_pick/"
+        epochs = max(1, self.args.pu_steps // 100)
+        args = ["--in_mics", mics, "--in_coords", listing, "--diameter", str(ds.diameter_A),
+                "--scaled_diameter", f"{ds.diameter_A / (ds.angpix * ds.scale):.4f}",
+                "--particles_per_mic", f"{expected_per_mic(ds):.2f}", "--objective", "PN", "--epochs", str(epochs),
+                "--steps_per_epoch", "100", "--patience", str(epochs), "--seed", str(self.args.seed)]  # fmt: skip
+        t_train = run_job(ds, train_job, "rp-pu-train", args)
+        t_pick = run_job(ds, pick_job, "rp-pu-pick", ["--in_mics", self.test_mics, "--model",
+                                                        f"{train_job}model.pt", "--threshold", "0"])  # fmt: skip
+        return score(ds, picks_of(ds, pick_job), 0.5), t_train, t_pick
+
+
+PLAN = {  # dataset -> (tag, labelled micrographs, picker, extra args, from pretrained weights)
+    "sim": [
+        ("full5", 5, "detr: pretrain + fine-tune, CDN, hybrid aug.", [], True),
+        ("ft5", 5, "detr: fine-tune only", [], False),
+        ("noaug5", 5, "detr: pretrain + fine-tune, no augmentation", ["--augment", "none"], True),
+        ("pu5", 5, "PU (PN)", None, None),
+        ("full20", 20, "detr: pretrain + fine-tune, CDN, hybrid aug.", [], True),
+        ("ft20", 20, "detr: fine-tune only", [], False),
+        ("nocdn20", 20, "detr: pretrain + fine-tune without CDN", ["--cdn", "No"], True),
+        ("pu20", 20, "PU (PN)", None, None),
+    ],
+    "empiar": [
+        ("full5", 5, "detr: pretrain + fine-tune, CDN, hybrid aug.", [], True),
+        ("ft5", 5, "detr: fine-tune only", [], False),
+        ("pu5", 5, "PU (PN)", None, None),
+        ("full20", 20, "detr: pretrain + fine-tune, CDN, hybrid aug.", [], True),
+        ("pu20", 20, "PU (PN)", None, None),
+    ],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--datasets", nargs="+", default=["sim", "empiar"], choices=["sim", "empiar"])
+    parser.add_argument("--size", default="tiny", choices=["tiny", "small", "full"])
+    parser.add_argument("--scaled_diameter", type=float, default=16.0)
+    parser.add_argument("--crop", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--epochs", type=int, default=8, help="fine-tuning epochs of 100 minibatches (at most)"
+    )
+    parser.add_argument("--pretrain_epochs", type=int, default=4)
+    parser.add_argument("--pu_steps", type=int, default=200, help="PU minibatches")
+    parser.add_argument("--seed", type=int, default=2025)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--section", default="detr_vs_pu")
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="run only these rows (tags of PLAN, e.g. full5 pu5)"
+    )
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="detr_vs_pu_"))
+    rows: list[tuple] = []
+    pretrain_s: dict[str, float] = {}
+    for key in args.datasets:
+        ds = simulated(workdir, 24, 8, args.seed) if key == "sim" else empiar(workdir)
+        runner = Runner(ds, args)
+        pretrain_s[ds.name] = (
+            runner.pretrain() if any(p[4] for p in PLAN[key] if not args.only or p[0] in args.only) else 0.0
+        )
+        print(ds.name, "pretraining", f"{pretrain_s[ds.name]:.0f} s", flush=True)
+        for tag, n, who, extra, pretrained in PLAN[key]:
+            if args.only and tag not in args.only:
+                continue
+            labels = labelled_subset(ds, n, args.seed)
+            if extra is None:
+                res = runner.pu(tag, n, labels)
+            else:
+                res = runner.detr(tag, n, labels, extra, pretrained)
+            print(ds.name, n, who, res, flush=True)
+            rows.append((key, ds.name, len(labels), tag, who, *res))
+            report(args, rows, pretrain_s)
+
+
+def _f1(rows, key, tag) -> float | None:
+    for r in rows:
+        if r[0] == key and r[3] == tag:
+            return r[5]["f1"]
+    return None
+
+
+def acceptance(rows) -> list[str]:
+    """Which of the issue's acceptance directions held on this run (F1 at the operating point)."""
+    checks = []
+
+    def check(text, key, a, b):
+        fa, fb = _f1(rows, key, a), _f1(rows, key, b)
+        if fa is None or fb is None:
+            return
+        ok = fa >= fb if "PU" in text else fa > fb
+        checks.append(
+            f"| {text} | {key} | {fa:.3f} vs {fb:.3f} | {'**held**' if ok else '**did not hold**'} |"
+        )
+
+    for key in ("sim", "empiar"):
+        check("pretrain + fine-tune > fine-tune only, 5 labelled", key, "full5", "ft5")
+        check("pretrain + fine-tune > fine-tune only, 20 labelled", key, "full20", "ft20")
+        check("with CDN > without, 20 labelled", key, "full20", "nocdn20")
+        check("hybrid augmentation > none, 5 labelled", key, "full5", "noaug5")
+        check("detr F1 >= PU F1, 20 labelled", key, "full20", "pu20")
+    return checks
+
+
+def _describe(size: str) -> str:
+    from relion_plugins.pick.detr.model import PRESETS
+
+    c = PRESETS[size]
+    return f"{c.backbone} backbone, {c.dim}-d, {c.enc_layers} encoder + {c.dec_layers} decoder layers, {c.queries} queries"
+
+
+def _public_argv() -> list[str]:
+    """The command line without ``--workdir DIR`` (a temporary path says nothing about the run)."""
+    out, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--workdir":
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
+def report(args: argparse.Namespace, rows: list[tuple], pretrain_s: dict[str, float]) -> None:
+    lines = [
+        "Run: `nice -n 10 python benchmarks/detr_vs_pu.py "
+        + " ".join(a for a in _public_argv())
+        + "`. "
+        + machine_line(),
+        f"Reduced CPU configuration, 1 thread: transformer model size `{args.size}` ({_describe(args.size)}), particle {args.scaled_diameter:g} px, crops {args.crop} px, minibatch 2, "
+        f"AdamW lr {args.lr:g}; pretraining {args.pretrain_epochs} x 100 minibatches on all training micrographs "
+        f"with A-LoG top-K pseudo-labels (K = 1.2 x the mean particle count); fine-tuning at most {args.epochs} x 100 "
+        "minibatches, early stopping on validation F1 (patience 3, 20% of the labelled micrographs held out). "
+        f"PU picker: resnet8 from its shipped weights, PN objective (every particle of its micrographs is labelled, "
+        f"so the rest is negative; GE-binomial refuses a prior at the labelled fraction), {args.pu_steps} minibatches of 256. Every particle of the labelled micrographs is labelled. F1 at each "
+        "picker's own operating point (detr: the validated threshold stored in the model; PU: calibrated 0.5). "
+        "EMPIAR-10017 has 14 training micrographs: its '20' row uses all 14. The full configuration (ResNet-50, "
+        "6 + 6 layers, 300 queries) was not run: no GPU was available.",
+        "",
+        "| data | labelled mics | picker | AUPR | F1 | best F1 | train s | pick s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for _key, name, n, _tag, who, res, t_train, t_pick in rows:
+        lines.append(f"| {name} | {n} | {who} | {res['aupr']:.3f} | {res['f1']:.3f} | {res['best_f1']:.3f} "
+                     f"| {t_train:.0f} | {t_pick:.1f} |")  # fmt: skip
+    if pretrain_s:
+        done = ", ".join(f"{k}: {v:.0f} s" for k, v in pretrain_s.items())
+        lines.append(f"\nPretraining, shared by the pretrained rows of a data set, took {done}.")
+    checks = acceptance(rows)
+    if checks:
+        lines += ["", "| acceptance direction | data | F1 | result |", "|---|---|---|---|", *checks]
+        lines.append(
+            "\nOne seed and one draw of labelled micrographs; the spread between seeds was not measured, so "
+            "differences of a few hundredths in F1 may be noise."
+        )
+    text = "\n".join(lines) + "\n"
+    print(text, flush=True)
+    update_section(args.section, "## Transformer picker (UPicker method) vs PU picker\n\n" + text)
+
+
+def timing(argv: list[str] | None = None) -> None:
+    """Train-step and pick time of the full configuration (ResNet-50, 6 + 6 layers, 300 queries) on one
+    simulated 4096² micrograph: on the GPU when torch sees one, else on the CPU (said so in the table).
+
+    Run:  python benchmarks/detr_vs_pu.py --timing [--steps 20]"""
+    import torch
+
+    from relion_plugins.pick.detr.losses import LossWeights, total_loss
+    from relion_plugins.pick.detr.model import DetrConfig, build_model
+    from relion_plugins.pick.detr.predict import detect
+    from relion_plugins.pick.detr.preprocess import PreprocessConfig, prepare
+    from relion_plugins.pick.detr.train import CropSampler
+    from relion_plugins.simulate.micrograph import MicrographConfig, simulate_micrograph
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--timing", action="store_true")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sim = simulate_micrograph(MicrographConfig(shape=(4096, 4096), angpix=1.0), np.random.default_rng(1))
+    work = max(1.0, sim.diameter_A / 24.0)
+    t0 = time.monotonic()
+    img = prepare(sim.image, 1.0, work, PreprocessConfig())
+    t_pre = time.monotonic() - t0
+    xy = sim.particles * img.shape[1] / sim.image.shape[1]
+    model = build_model(DetrConfig(anchor_px=sim.diameter_A / work)).to(device)
+    sampler = CropSampler([img], [xy], sim.diameter_A / work, 256, 0, True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+    for i in range(args.steps + 2):
+        if i == 2:  # the first steps include allocator warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.monotonic()
+        x, targets = sampler.batch(2, device)
+        loss, _ = total_loss(model(x, targets), targets, LossWeights())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    per_step = (time.monotonic() - t0) / args.steps
+    t0 = time.monotonic()
+    x, _, _ = detect(model, img, 256, overlap=24, device=device, nms_radius=14.4)
+    t_pick = time.monotonic() - t0
+    where = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
+    text = (
+        f"Run: `python benchmarks/detr_vs_pu.py --timing --steps {args.steps} --threads {args.threads}`. "
+        + machine_line()
+        + f"\nFull configuration (ResNet-50, 256-d, 6 + 6 layers, 300 queries, CDN on) on **{where}**; one simulated "
+        f"4096² micrograph at 1 Å/px, particle {sim.diameter_A:.0f} Å scaled to 24 px ({img.shape[1]}² px at "
+        f"{work:.2f} Å/px), crops / patches 256 px, minibatch 2.\n\n"
+        "| step | seconds |\n|---|---|\n"
+        f"| one training minibatch | {per_step:.2f} |\n"
+        f"| 100-minibatch epoch (estimate) | {100 * per_step:.0f} |\n"
+        f"| preprocessing one 4096² micrograph | {t_pre:.1f} |\n"
+        f"| picking one 4096² micrograph (after preprocessing; untrained weights, {len(x)} detections) | {t_pick:.1f} |\n"
+    )
+    print(text, flush=True)
+    update_section("detr_vs_pu_timing", "## Transformer picker: full-configuration timing\n\n" + text)
+
+
+if __name__ == "__main__" and "--timing" in sys.argv:
+    timing()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

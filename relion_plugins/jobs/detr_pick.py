@@ -1,0 +1,136 @@
+"""``rp-detr-pick``: pick particles with a trained transformer picker (UPicker method) as a RELION External job.
+
+Each micrograph of ``--in_mics`` is downsampled and preprocessed as the model's training data were
+(normalisation, bilateral denoising, histogram equalisation), split into overlapping patches of the
+training crop size (so that dense micrographs never have more particles per patch than the network has
+queries), detected patch by patch, and the detections merged; a distance NMS within ``--radius`` Å is
+optional. The figure of merit is the detector's score; picks below ``--threshold`` are dropped (default:
+the threshold of best validation F1 stored in the model). Continue runs pick only new micrographs.
+Outputs as the other pick jobs: coordinate files mirroring the micrograph tree, ``autopick.star`` (and
+the legacy ``coords_suffix_autopick.star``), output nodes and ``logfile.pdf``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from ..relion.external import JobContext, JobFailed, JobSpec, OutputNode, Param
+from ..relion.micrographs import Micrograph, read_micrographs
+from ._picking import (
+    coordinate_files,
+    coordinates_table,
+    finish_picking,
+    pick_all,
+    read_finite_micrograph,
+    torch_device,
+)
+
+PARAMS = [
+    Param("model", "", "trained model file (model.pt of an rp-detr-train job)", str),
+    Param(
+        "threshold",
+        -1.0,
+        "keep picks whose detector score is at least this; -1 = the model's (best F1 on its validation micrographs)",
+        float,
+        minimum=-1,
+        maximum=1,
+    ),
+    Param("nms", True, "remove picks closer than --radius to a better one (duplicates at patch seams)", bool),
+    Param(
+        "radius",
+        0.0,
+        "no two picks closer than this when --nms; 0 = 0.6 x the model's particle diameter",
+        float,
+        "Å",
+        minimum=0,
+    ),
+    Param("overlap", 0.0, "overlap of neighbouring patches; 0 = one particle diameter", float, "Å", minimum=0),
+    Param("max_picks", 0, "keep at most this many picks per micrograph, best first; 0 = all", int, minimum=0),
+    Param(
+        "border", -1.0, "no picks closer than this to the edge; -1 = half the particle diameter", float, "Å"
+    ),
+    Param("angpix", -1.0, "pixel size of the micrographs; -1 = from the optics table", float, "Å"),
+    Param("pick_name", "autopick", "suffix of the coordinate files: <micrograph>_<pick_name>.star", str),
+    Param("nr_plots", 4, "number of micrographs drawn with their picks in logfile.pdf", int, minimum=0),
+]
+
+
+def run(ctx: JobContext) -> list[OutputNode]:
+    import torch
+
+    from ..pick.detr.model import build_model
+    from ..pick.detr.predict import detect
+    from ..pick.detr.preprocess import PreprocessConfig, prepare
+    from ..pick.model_file import ModelFileError, load_model
+
+    p = ctx.params
+    if not p["model"]:
+        raise JobFailed("--model is required: the model.pt written by an rp-detr-train job")
+    try:
+        mf = load_model(ctx.project_dir / p["model"], picker="detr")
+    except ModelFileError as exc:
+        raise JobFailed(str(exc)) from None
+    ctx.log(f" {mf.describe()}")
+    override = p["angpix"] if p["angpix"] > 0 else None
+    mics = read_micrographs(ctx.in_mics, ctx.project_dir, angpix_override=override)
+    angpix = mics.angpix
+    model_angpix = mf.angpix
+    if model_angpix < angpix * (1 - 1e-3):
+        raise JobFailed(
+            f"the model was trained at {model_angpix:g} Å/px, finer than these micrographs ({angpix:g} Å/px)"
+        )
+    device = torch_device(ctx)
+    torch.set_num_threads(max(1, ctx.threads))
+    try:
+        model = build_model(mf.arch)
+        model.load_state_dict(mf.state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise JobFailed(f"{p['model']}: damaged detr model ({str(exc).splitlines()[0]})") from None
+    model.to(device).eval()
+    pre = PreprocessConfig.from_dict(mf.meta.get("preprocess"))
+    crop = int(mf.meta.get("crop", 256))
+    threshold = float(mf.meta.get("threshold", 0.5)) if p["threshold"] < 0 else p["threshold"]
+    diameter_A = mf.diameter_A
+    radius_A = p["radius"] or 0.6 * diameter_A
+    overlap_A = p["overlap"] or diameter_A
+    border_A = 0.5 * diameter_A if p["border"] < 0 else p["border"]
+    ctx.log(
+        f" {len(mics)} micrographs at {angpix:g} Å/px, detected at {model_angpix:.3g} Å/px in {crop} px patches on "
+        f"{device}; threshold {threshold:.3g}, NMS {'radius ' + format(radius_A, 'g') + ' Å' if p['nms'] else 'off'}"
+    )
+
+    def pick_one(mic: Micrograph) -> pd.DataFrame:
+        image = read_finite_micrograph(mic)
+        prepared = prepare(image, angpix, model_angpix, pre)
+        sy = image.shape[0] / prepared.shape[0]
+        sx = image.shape[1] / prepared.shape[1]
+        s = 0.5 * (sx + sy)
+        x, y, score = detect(
+            model, prepared, crop, overlap=int(math.ceil(overlap_A / (angpix * s))), device=device,
+            min_score=threshold, nms_radius=radius_A / (angpix * s) if p["nms"] else None,
+        )  # fmt: skip
+        x, y = x * sx, y * sy
+        b = border_A / angpix
+        keep = (x >= b) & (y >= b) & (x <= image.shape[1] - 1 - b) & (y <= image.shape[0] - 1 - b)
+        x, y, score = x[keep], y[keep], score[keep]
+        if p["max_picks"]:
+            x, y, score = x[: p["max_picks"]], y[: p["max_picks"]], score[: p["max_picks"]]
+        return coordinates_table(x, y, np.asarray(score))
+
+    files = coordinate_files(ctx, mics, p["pick_name"])
+    pick_all(ctx, mics, files, pick_one, workers=1)
+    return finish_picking(ctx, mics, files, p["pick_name"], diameter_A / angpix, p["nr_plots"])
+
+
+JOB = JobSpec(
+    name="rp-detr-pick",
+    description=__doc__ or "",
+    params=PARAMS,
+    run=run,
+    inputs=("in_mics",),
+    required_inputs=("in_mics",),
+    uses_gpu=True,
+)

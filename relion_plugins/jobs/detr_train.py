@@ -1,0 +1,303 @@
+"""``rp-detr-train``: train the transformer picker (UPicker method) as a RELION External job.
+
+Two phases, as UPicker: *pretraining* on the micrographs of ``--in_mics`` alone, with the A-LoG picker's
+top-K proposals as pseudo-labels, then *fine-tuning* from the pretrained weights on the labelled
+micrographs (labels from ``--in_parts``, a particles STAR, or ``--in_coords``, ``autopick.star`` /
+``manualpick.star``; 5-50 micrographs are enough). ``--mode`` runs either phase alone; ``--init_model``
+starts fine-tuning from an earlier job's model instead of pretraining again. A share of the labelled
+micrographs is held out: the validation F1 after each epoch drives early stopping and sets the score
+threshold the pick job uses by default. Writes ``model.pt`` (weights, pixel size, diameter, preprocessing,
+threshold, provenance) and ``logfile.pdf``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..relion.external import JobContext, JobFailed, JobSpec, OutputNode, Param
+from ..relion.micrographs import read_micrographs
+from ._picking import read_finite_micrograph, torch_device
+
+SIZES = ("full", "small", "tiny")
+BACKBONES = ("", "resnet50", "resnet34", "resnet18", "resnet_small", "resnet_tiny")
+
+PARAMS = [
+    Param("diameter", 150.0, "particle diameter", float, "Å", minimum=1),
+    Param(
+        "scaled_diameter",
+        24.0,
+        "micrographs are Fourier-cropped so that the particle is about this wide (never upsampled)",
+        float,
+        "px",
+        minimum=4,
+    ),
+    Param("mode", "both", "pretrain (A-LoG pseudo-labels), finetune (labels), or both", str,
+          choices=("both", "pretrain", "finetune")),  # fmt: skip
+    Param("model_size", "full", "full (ResNet-50, 6+6 layers, 300 queries; GPU), small or tiny (CPU)", str,
+          choices=SIZES),  # fmt: skip
+    Param("backbone", "", "backbone instead of the model size's (empty = the size's own)", str, choices=BACKBONES),
+    Param("queries", 0, "detection queries per patch (0 = the model size's)", int, minimum=0),
+    Param(
+        "init_model",
+        "",
+        "fine-tune from this model file (an earlier rp-detr-train job's model.pt) instead of pretraining again",
+        str,
+    ),
+    Param(
+        "pretrain_topk",
+        0,
+        "A-LoG proposals per micrograph used as pseudo-labels; 0 = 1.2 x the mean labelled particles per "
+        "labelled micrograph (100 without labels)",
+        int,
+        "particles",
+        minimum=0,
+    ),
+    Param("pretrain_epochs", 5, "pretraining epochs", int, "epochs", minimum=1),
+    Param("cdn", True, "contrastive denoising queries in training", bool),
+    Param("lambda_l", 0.5, "denoising label-noise rate", float, minimum=0, maximum=1),
+    Param("lambda_p", 0.4, "denoising box noise of positive queries: below this (share of the box size)", float,
+          minimum=0),  # fmt: skip
+    Param("lambda_n", 1.0, "denoising box noise of hard negatives: from lambda_p up to this", float, minimum=0),
+    Param("augment", "hybrid", "hybrid (offline rotations/flips + online), online, offline or none", str,
+          choices=("hybrid", "online", "offline", "none")),  # fmt: skip
+    Param("offline_crops", 0, "random crops per labelled micrograph added once (offline augmentation)", int,
+          minimum=0),  # fmt: skip
+    Param("denoise", "bilateral", "denoising before equalisation", str, choices=("bilateral", "none")),
+    Param("equalize", "clahe", "histogram equalisation", str, choices=("clahe", "hist", "none")),
+    Param("invert", False, "particles are white on a dark background", bool),
+    Param("recenter", True, "recentre --in_parts coordinates by rlnOriginXAngst/YAngst", bool),
+    Param("crop", 256, "training crops and picking patches are this wide", int, "px", minimum=32),
+    Param("learning_rate", 1e-4, "AdamW learning rate", float, minimum=0),
+    Param("minibatch", 2, "crops per minibatch", int, minimum=1),
+    Param("epochs", 20, "maximum number of fine-tuning epochs", int, "epochs", minimum=1),
+    Param("steps_per_epoch", 100, "minibatches per epoch", int, "minibatches", minimum=1),
+    Param("patience", 4, "stop after this many epochs without validation F1 gain", int, "epochs", minimum=1),
+    Param(
+        "validation_fraction",
+        0.2,
+        "share of labelled micrographs held out for validation (at least 1 when there are 2 or more)",
+        float,
+        minimum=0,
+        maximum=0.9,
+    ),
+    Param("angpix", -1.0, "pixel size of the micrographs; -1 = from the optics table", float, "Å"),
+    Param("model_name", "model.pt", "file name of the trained model in the job directory", str),
+]
+
+
+def _architecture(p: dict):
+    from ..pick.detr.model import PRESETS, DetrConfig
+
+    arch = DetrConfig.from_dict(PRESETS[p["model_size"]].to_dict())
+    if p["backbone"]:
+        arch.backbone = p["backbone"]
+    if p["queries"]:
+        arch.queries = p["queries"]
+    arch.lambda_l, arch.lambda_p, arch.lambda_n = p["lambda_l"], p["lambda_p"], p["lambda_n"]
+    if not 0 <= arch.lambda_p < arch.lambda_n:
+        raise JobFailed(f"--lambda_p {arch.lambda_p} must be below --lambda_n {arch.lambda_n}")
+    return arch
+
+
+def validation_scorer(images, coords, diameter_px: float, crop: int, device):
+    """``model -> (best F1, its score threshold)`` on held-out prepared images (pooled over them)."""
+    from ..evaluate.matching import best_f1, precision_recall_curve
+    from ..pick.detr.predict import detect
+
+    radius = 0.5 * diameter_px
+
+    def score(model) -> tuple[float, float]:
+        xy, sc, truth = [], [], []
+        for k, (im, c) in enumerate(zip(images, coords)):
+            x, y, s = detect(model, im, crop, overlap=int(np.ceil(diameter_px)), device=device,
+                             nms_radius=0.6 * diameter_px)  # fmt: skip
+            xy.append(np.stack([x + 1e5 * k, y], 1))
+            sc.append(s)
+            truth.append(np.asarray(c).reshape(-1, 2) + [1e5 * k, 0])
+        curve = precision_recall_curve(np.concatenate(xy), np.concatenate(sc), np.concatenate(truth), radius)
+        f1, thr = best_f1(curve)
+        return float(f1), float(thr)
+
+    return score
+
+
+def run(ctx: JobContext) -> list[OutputNode]:
+    from .pu_train import _labels  # the same label reading as the PU picker (parts or coords)
+
+    p = ctx.params
+    override = p["angpix"] if p["angpix"] > 0 else None
+    mics = read_micrographs(ctx.in_mics, ctx.project_dir, angpix_override=override)
+    angpix = mics.angpix
+    finetune = p["mode"] in ("both", "finetune")
+    # labels before torch is imported: a job without labels fails in a fraction of a second
+    labels = _labels(ctx, [m.name for m in mics.items]) if finetune else {}
+
+    import torch
+
+    from ..pick.detr.preprocess import PreprocessConfig, prepare
+    from ..pick.detr.train import TrainConfig, pseudo_labels, train_detr
+    from ..pick.model_file import ModelFile, ModelFileError, load_model, save_model
+
+    arch = _architecture(p)
+    init = None
+    if p["init_model"]:
+        try:
+            init = load_model(ctx.project_dir / p["init_model"], picker="detr")
+        except ModelFileError as exc:
+            raise JobFailed(str(exc)) from None
+        arch = type(arch).from_dict(init.arch)
+    pretrain = p["mode"] in ("both", "pretrain") and init is None
+    labelled = [m for m in mics.items if m.name in labels and len(labels[m.name])]
+    if finetune and len(labelled) < 2:
+        raise JobFailed("fine-tuning needs labelled particles on at least 2 micrographs (one is held out)")
+    n_labels = sum(len(labels[m.name]) for m in labelled)
+    rng = np.random.default_rng(p["seed"])
+    order = rng.permutation(len(labelled))
+    n_val = 0 if len(labelled) < 2 else max(1, int(round(p["validation_fraction"] * len(labelled))))
+    n_val = min(n_val, len(labelled) - 1)
+    val_mics = [labelled[i] for i in sorted(order[:n_val])]
+    train_mics = [labelled[i] for i in sorted(order[n_val:])]
+    work_angpix = max(angpix, p["diameter"] / p["scaled_diameter"])
+    diameter_px = p["diameter"] / work_angpix
+    crop = int(p["crop"])
+    pre = PreprocessConfig(denoise=p["denoise"], equalize=p["equalize"], invert=p["invert"])
+    device = torch_device(ctx)
+    torch.set_num_threads(max(1, ctx.threads))
+    if labelled:
+        ctx.log(
+            f" {n_labels} labelled particles on {len(labelled)} of {len(mics)} micrographs; "
+            f"{len(train_mics)} for fine-tuning, {len(val_mics)} for validation"
+        )
+    ctx.log(
+        f" working at {work_angpix:.3g} Å/px (particle {diameter_px:.1f} px), crops {crop} px, "
+        f"model {arch.to_dict()['name']} with {arch.queries} queries, on {device}"
+    )
+
+    t0 = time.monotonic()
+    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (prepared image, scale x, y)
+
+    def load(mic):
+        if mic.name not in cache:
+            ctx.check_abort()
+            raw = read_finite_micrograph(mic)
+            img = prepare(raw, angpix, work_angpix, pre)
+            cache[mic.name] = (img, np.array(img.shape[::-1], float) / np.array(raw.shape[::-1], float), raw)
+        return cache[mic.name]
+
+    aug = p["augment"]
+    base = dict(
+        crop=crop, batch_size=p["minibatch"], learning_rate=p["learning_rate"], steps_per_epoch=p["steps_per_epoch"],
+        cdn=p["cdn"], offline_augment=aug in ("hybrid", "offline"), offline_crops=p["offline_crops"],
+        online_augment=aug in ("hybrid", "online"), seed=p["seed"], threads=max(1, ctx.threads),
+    )  # fmt: skip
+    history: list[dict] = []
+    state = init.state if init is not None else None
+    started_from = p["init_model"] or "random"
+
+    def progress_for(phase: str, total: int):
+        def progress(record: dict) -> None:
+            val = f", validation F1 {record['validation']:.3f}" if "validation" in record else ""
+            ctx.log(f" {phase} epoch {record['epoch']}/{total}: loss {record.get('loss', float('nan')):.4f}{val}")
+            ctx.progress(record["epoch"], total, f"{phase} epochs")
+            history.append(record | {"phase": phase})
+
+        return progress
+
+    if pretrain:
+        topk = p["pretrain_topk"] or (int(round(1.2 * n_labels / len(labelled))) if labelled else 100)
+        imgs, coords = [], []
+        for mic in mics.items:
+            img, scale, raw = load(mic)
+            imgs.append(img)
+            coords.append(pseudo_labels(raw, angpix, p["diameter"], topk) * scale)
+        ctx.log(
+            f" pretraining on {len(imgs)} micrographs with {sum(len(c) for c in coords)} A-LoG pseudo-labels "
+            f"(top {topk} per micrograph); preprocessing took {time.monotonic() - t0:.1f} s"
+        )
+        cfg = TrainConfig(**base, max_epochs=p["pretrain_epochs"], patience=p["pretrain_epochs"])
+        res = train_detr(imgs, coords, diameter_px, cfg, arch, progress=progress_for("pretraining", cfg.max_epochs),
+                         check_abort=ctx.check_abort, device=device)  # fmt: skip
+        model, state, started_from = res.model, res.model.state_dict(), "A-LoG pretraining"
+        ctx.log(f" pretraining took {res.seconds:.1f} s")
+    threshold = 0.5
+    best_f1 = float("nan")
+    if finetune:
+        tr = [load(m) for m in train_mics]
+        va = [load(m) for m in val_mics]
+        tr_xy = [labels[m.name] * s for m, (_, s, _) in zip(train_mics, tr)]
+        va_xy = [labels[m.name] * s for m, (_, s, _) in zip(val_mics, va)]
+        scorer = validation_scorer([v[0] for v in va], va_xy, diameter_px, crop, device)
+        cfg = TrainConfig(**base, max_epochs=p["epochs"], patience=p["patience"])
+        res = train_detr([t[0] for t in tr], tr_xy, diameter_px, cfg, arch, init_state=state,
+                         validate=lambda m: scorer(m)[0], progress=progress_for("fine-tuning", cfg.max_epochs),
+                         check_abort=ctx.check_abort, device=device)  # fmt: skip
+        model = res.model
+        best_f1, threshold = scorer(model)
+        ctx.log(
+            f" fine-tuning took {res.seconds:.1f} s; best epoch {res.best_epoch}, validation F1 {best_f1:.3f} at "
+            f"score {threshold:.3f}; started from {started_from} weights"
+        )
+    elif not pretrain:
+        raise JobFailed("--mode pretrain with --init_model: nothing to do")
+
+    meta = {
+        "angpix": work_angpix,
+        "diameter_A": p["diameter"],
+        "normalization": {"method": "upicker", **pre.to_dict()},
+        "preprocess": pre.to_dict(),
+        "crop": crop,
+        "threshold": threshold,
+        "validation_f1": best_f1,
+        "train_config": base | {"epochs": p["epochs"], "pretrain_epochs": p["pretrain_epochs"], "mode": p["mode"]},
+        "history": history,
+        "provenance": {
+            "in_mics": ctx.in_mics,
+            "labels": ctx.in_parts or ctx.in_coords or "",
+            "n_positives": n_labels,
+            "n_micrographs": len(labelled),
+            "validation_micrographs": [m.name for m in val_mics],
+            "seed": p["seed"],
+            "initial_weights": started_from,
+            "device": str(device),
+            "torch": torch.__version__,
+            "micrograph_angpix": angpix,
+        },
+    }
+    model_path = ctx.output_path(p["model_name"])
+    save_model(model_path, ModelFile("detr", model.config.to_dict(), model.state_dict(), meta))
+    ctx.log(f" model written to {model_path}")
+    examples = [(cache[m.name][0], labels[m.name] * cache[m.name][1]) for m in (val_mics or train_mics)[:2]]
+    _write_logfile(ctx, history, model, examples, diameter_px, crop, device, threshold)
+    return [OutputNode(p["model_name"], "model"), OutputNode("logfile.pdf", "logfile")]
+
+
+def _write_logfile(ctx, history, model, examples, diameter_px, crop, device, threshold) -> None:
+    """Loss per epoch, validation F1, and the picks on held-out micrographs."""
+    from ..pick.detr.predict import detect
+    from ..plots.figures import curves_figure, picks_figure, write_pdf
+
+    epochs = list(range(1, len(history) + 1))
+    pages = [curves_figure([("loss", epochs, [h.get("loss", np.nan) for h in history])],
+                           "Training loss (pretraining, then fine-tuning)", "epoch", "loss")]  # fmt: skip
+    val = [(e, h["validation"]) for e, h in zip(epochs, history) if "validation" in h]
+    if val:
+        pages.append(curves_figure([("validation F1", [v[0] for v in val], [v[1] for v in val])],
+                                   "Validation F1 (best threshold)", "epoch", "F1", ylim=(0.0, 1.0)))  # fmt: skip
+    for i, (img, _truth) in enumerate(examples):
+        x, y, s = detect(model, img, crop, overlap=int(np.ceil(diameter_px)), device=device,
+                         min_score=threshold, nms_radius=0.6 * diameter_px)  # fmt: skip
+        pages.append(picks_figure(img, x, y, diameter_px, f"held-out micrograph {i + 1}: {len(x)} picks"))
+    write_pdf(ctx.out_dir / "logfile.pdf", pages)
+
+
+JOB = JobSpec(
+    name="rp-detr-train",
+    description=__doc__ or "",
+    params=PARAMS,
+    run=run,
+    inputs=("in_mics", "in_parts", "in_coords"),
+    required_inputs=("in_mics",),
+    uses_gpu=True,
+)
