@@ -9,9 +9,10 @@ from ..relion.external import launch
 
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
-        print(
-            "usage: python -m relion_plugins.jobs JOB --o External/jobNNN/ ... (JOB: log_pick, pu_train, pu_pick, rank_select, tomo_train, tomo_pick)"
-        )
+        from ..cli import EXECUTABLES
+
+        jobs = ", ".join(EXECUTABLES.values())
+        print(f"usage: python -m relion_plugins.jobs JOB --o External/jobNNN/ ... (JOB: {jobs})")
         sys.exit(0 if len(sys.argv) >= 2 else 1)
     sys.exit(launch(sys.argv[1], sys.argv[2:]))
 
