@@ -18,7 +18,7 @@ from relion_plugins.relion.star import read_block, write_star
 
 JOB = "External/job020/"
 MICS = ("MotionCorr/job002/Movies/mic_A.mrc", "MotionCorr/job002/Movies/mic_B.mrc")
-ANGPIX = 2.0  # micrograph pixel size (rlnMicrographOriginalPixelSize); diameter 150 Å -> radius 37.5 px
+ANGPIX = 2.0  # micrograph pixel size (rlnMicrographPixelSize); diameter 150 Å -> radius 37.5 px
 
 # truth: 4 particles on A, 2 on B
 TRUTH = {MICS[0]: [(100, 100), (300, 300), (500, 500), (700, 700)], MICS[1]: [(100, 100), (300, 300)]}
@@ -56,7 +56,8 @@ def write_rank_job(
         {
             "rlnOpticsGroupName": pd.Series(["opticsGroup1"], dtype=object),
             "rlnOpticsGroup": [1],
-            "rlnMicrographOriginalPixelSize": [ANGPIX],
+            "rlnMicrographOriginalPixelSize": [ANGPIX / 4],  # the movies': must not set the match radius
+            "rlnMicrographPixelSize": [ANGPIX],
             "rlnImagePixelSize": [4.0],
             "rlnImageSize": [64],
             "rlnImageDimensionality": [2],

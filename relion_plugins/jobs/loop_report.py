@@ -6,7 +6,7 @@ Each run reads the ``particles.star`` of an rp-rank-select job (``--in_parts``) 
 ``rank_summary.star`` beside it, optionally the ``autopick.star`` the iteration picked (``--in_coords``,
 to count the picks), and with ``--truth`` (a coordinate list like autopick.star, or a particles STAR) the
 precision / recall / F1 of the picks and of the selected particles (coordinates recentred by their
-origins) against the truth, matched within ``--match_radius``.
+origins) against the truth, matched within ``--match_radius`` (pixels of the micrographs of ``--in_mics``).
 
 Outputs in the job directory: ``loop_history.star`` (block ``loop_history``, one row per iteration; a
 continue run appends a row, or replaces the row of the same rank-select job when that iteration is re-run;
@@ -77,8 +77,8 @@ PARAMS = [
     Param(
         "angpix",
         -1.0,
-        "micrograph pixel size; -1 = from the particles' optics table (rlnMicrographPixelSize, else "
-        "rlnMicrographOriginalPixelSize, else rlnImagePixelSize)",
+        "micrograph pixel size; -1 = from --in_mics (the micrographs STAR), else rlnMicrographPixelSize "
+        "of the particles' optics table",
         float,
         "Å",
     ),
@@ -154,20 +154,33 @@ def _read_particles(ctx: JobContext, parts: Path) -> tuple[pd.DataFrame, pd.Data
 
 
 def _micrograph_angpix(ctx: JobContext, optics: pd.DataFrame | None) -> float:
+    """Pixel size of the micrographs the coordinates refer to (Å).
+
+    ``--angpix``, else the micrographs STAR of ``--in_mics``, else ``rlnMicrographPixelSize`` of the
+    particles' optics table. Not ``rlnMicrographOriginalPixelSize``: that is the movies' pixel size, 4x
+    smaller for binned micrographs, and would make the match radius 4x too large.
+    """
     if ctx.params["angpix"] > 0:
         return float(ctx.params["angpix"])
-    for col in ("rlnMicrographPixelSize", "rlnMicrographOriginalPixelSize", "rlnImagePixelSize"):
-        if optics is not None and col in optics.columns and len(optics):
-            values = sorted({round(float(v), 6) for v in optics[col]})
-            if len(values) > 1:
-                raise JobFailed(
-                    f"--in_parts {ctx.in_parts}: optics groups have different {col} ({values}); "
-                    "give --angpix in Å"
-                )
-            if values[0] > 0:
-                return values[0]
+    if ctx.in_mics:
+        from ..relion.micrographs import MicrographsError, read_micrographs
+
+        try:
+            return float(read_micrographs(ctx.in_mics, ctx.project_dir).angpix)
+        except (MicrographsError, OSError, ValueError) as exc:
+            raise JobFailed(f"--in_mics {ctx.in_mics}: {_one_line(exc)}") from None
+    col = "rlnMicrographPixelSize"
+    if optics is not None and col in optics.columns and len(optics):
+        values = sorted({round(float(v), 6) for v in optics[col]})
+        if len(values) > 1:
+            raise JobFailed(
+                f"--in_parts {ctx.in_parts}: optics groups have different {col} ({values}); give --angpix in Å"
+            )
+        if values[0] > 0:
+            return values[0]
     raise JobFailed(
-        f"--in_parts {ctx.in_parts}: no micrograph pixel size in the optics table; give --angpix in Å"
+        f"--in_parts {ctx.in_parts}: no rlnMicrographPixelSize in the optics table; give --in_mics (the "
+        "micrographs STAR) or --angpix in Å"
     )
 
 
@@ -448,6 +461,6 @@ JOB = JobSpec(
     description=__doc__ or "",
     params=PARAMS,
     run=run,
-    inputs=("in_parts", "in_coords"),
+    inputs=("in_parts", "in_coords", "in_mics"),
     required_inputs=("in_parts",),
 )
