@@ -55,13 +55,13 @@ class Dataset:
         )
 
 
-def simulated(workdir: Path, n: int, seed: int) -> Dataset:
+def simulated(workdir: Path, n: int, seed: int, junk: str = "default") -> Dataset:
     from relion_plugins.simulate import make_project
 
-    sim = make_project(workdir / "sim", n_micrographs=n, shape=(1024, 1024), angpix=4.0, seed=seed)
+    sim = make_project(workdir / "sim", n_micrographs=n, shape=(1024, 1024), angpix=4.0, seed=seed, junk=junk)
     truth = {k: np.asarray(v, float) for k, v in sim.truth.items()}
     return Dataset(
-        "simulated 1024² @ 4 Å/px", sim.project_dir, sim.micrographs_star.relative_to(sim.project_dir).as_posix(),
+        f"simulated 1024² @ 4 Å/px, {junk} junk", sim.project_dir, sim.micrographs_star.relative_to(sim.project_dir).as_posix(),
         sim.truth_list_star.relative_to(sim.project_dir).as_posix(), truth, 4.0, sim.diameter_A, 56, 40, True,
     )  # fmt: skip
 
@@ -170,20 +170,26 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=5151)
     ap.add_argument("--j", type=int, default=2)
     ap.add_argument("--workdir", default="")
+    ap.add_argument(
+        "--junk", default="default", help="simulated junk: default, light, none (default: %(default)s)"
+    )
+    ap.add_argument("--section", default="selfpick_loop", help="section of docs/benchmarks.md to (re)write")
     args = ap.parse_args()
     workdir = Path(args.workdir) if args.workdir else Path("/tmp/selfpick_bench")
     shutil.rmtree(workdir, ignore_errors=True)
     rows = []
     for key in args.datasets:
         ds = (
-            simulated(workdir, args.sim_micrographs, args.seed)
+            simulated(workdir, args.sim_micrographs, args.seed, args.junk)
             if key == "sim"
             else empiar(workdir, args.empiar_micrographs)
         )
         n_truth = sum(len(v) for v in ds.truth.values())
         loop, t_loop, history = run_loop(ds, args)
         ref, t_ref = run_reference(ds, args)
-        log0 = scores(ds, next(ds.project.glob("External/job*/autopick.star")))  # the first External job: LoG
+        log0 = scores(
+            ds, sorted(ds.project.glob("External/job*/autopick.star"))[0]
+        )  # the first External job: LoG
         iters = len(history) if history is not None else 0
         ratio = loop["f1"] / ref["f1"] if ref["f1"] > 0 else float("nan")
         rows.append(
@@ -192,10 +198,10 @@ def main() -> None:
         print(f"[{ds.name}] LoG F1 {log0['f1']:.3f}; loop F1 {loop['f1']:.3f} (AUPR {loop['aupr']:.3f}) after "
               f"{iters} iterations; all-true-labels PU F1 {ref['f1']:.3f}; ratio {ratio:.3f}", flush=True)  # fmt: skip
     lines = [
-        "## Self-supervised loop (`selfpick` scheme) vs PU on all true labels (`benchmarks/selfpick_loop.py`)",
+        f"## Self-supervised loop (`selfpick` scheme) vs PU on all true labels ({args.section})",
         "",
         "Command: `python benchmarks/selfpick_loop.py "
-        f"--max_iter {args.max_iter} --classes {args.classes} --class2d_iter {args.class2d_iter} --epochs "
+        f"--datasets {' '.join(args.datasets)} --junk {args.junk} --max_iter {args.max_iter} --classes {args.classes} --class2d_iter {args.class2d_iter} --epochs "
         f"{args.epochs} --steps {args.steps}`. {machine_line()}",
         "",
         "The shipped `selfpick` scheme, installed with `relion-plugins scheme install` and run unattended node by "
@@ -225,7 +231,7 @@ def main() -> None:
                 f"| {int(r['rpLoopIteration'])} | {int(r['rpNrPicks'])} | {int(r['rpNrSelectedParticles'])} | "
                 f"{r['rpMeanPercentPerRes']:.3f} | {r['rpPicksF1']:.3f} | {r['rpSelectionF1']:.3f} |"
             )
-    update_section("selfpick_loop", "\n".join(lines))
+    update_section(args.section, "\n".join(lines))
     print("\n".join(lines))
 
 
