@@ -66,6 +66,26 @@ def simulated(workdir: Path, n: int, seed: int, junk: str = "default") -> Datase
     )  # fmt: skip
 
 
+def demo(workdir: Path) -> Dataset:
+    """The project `relion-plugins demo` and the end-to-end test make (LoopSettings defaults)."""
+    from relion_plugins.scheme_cli import LoopSettings
+    from relion_plugins.simulate import make_project
+
+    s = LoopSettings()
+    sim = make_project(
+        workdir / "demo", n_micrographs=s.micrographs, shape=s.shape, angpix=s.angpix, seed=s.seed, junk=s.junk,
+        snr=s.snr, relion_version=5,
+    )  # fmt: skip
+    truth = {k: np.asarray(v, float) for k, v in sim.truth.items()}
+    box = int(round(1.5 * sim.diameter_A / sim.angpix / 2)) * 2
+    return Dataset(
+        f"demo project ({s.micrographs} x {s.shape[0]}² @ {s.angpix:g} Å/px, {s.junk} junk)", sim.project_dir,
+        sim.micrographs_star.relative_to(sim.project_dir).as_posix(),
+        sim.truth_list_star.relative_to(sim.project_dir).as_posix(), truth, s.angpix, sim.diameter_A, box,
+        min(s.rescaled_size, box), True,
+    )  # fmt: skip
+
+
 def empiar(workdir: Path, n: int) -> Dataset:
     from relion_plugins.relion.coords import write_coordinate_list, write_coordinates
 
@@ -157,7 +177,7 @@ def run_reference(ds: Dataset, args) -> tuple[dict, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="+", default=["sim", "empiar"], choices=["sim", "empiar"])
+    ap.add_argument("--datasets", nargs="+", default=["sim", "empiar"], choices=["sim", "empiar", "demo"])
     ap.add_argument("--sim_micrographs", type=int, default=12)
     ap.add_argument("--empiar_micrographs", type=int, default=8)
     ap.add_argument("--classes", type=int, default=8, help="2D classes (default: %(default)s)")
@@ -182,6 +202,8 @@ def main() -> None:
         ds = (
             simulated(workdir, args.sim_micrographs, args.seed, args.junk)
             if key == "sim"
+            else demo(workdir)
+            if key == "demo"
             else empiar(workdir, args.empiar_micrographs)
         )
         n_truth = sum(len(v) for v in ds.truth.values())
