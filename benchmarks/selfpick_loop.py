@@ -223,7 +223,10 @@ def main() -> None:
         f"## Self-supervised loop (`selfpick` scheme) vs PU on all true labels ({args.section})",
         "",
         "Command: `python benchmarks/selfpick_loop.py "
-        f"--datasets {' '.join(args.datasets)} --junk {args.junk} --max_iter {args.max_iter} --classes {args.classes} --class2d_iter {args.class2d_iter} --epochs "
+        f"--datasets {' '.join(args.datasets)}{' --junk ' + args.junk if 'sim' in args.datasets else ''}"
+        f"{' --sim_micrographs ' + str(args.sim_micrographs) if 'sim' in args.datasets else ''}"
+        f"{' --empiar_micrographs ' + str(args.empiar_micrographs) if 'empiar' in args.datasets else ''}"
+        f"{' --section ' + args.section if args.section != 'selfpick_loop' else ''} --max_iter {args.max_iter} --classes {args.classes} --class2d_iter {args.class2d_iter} --epochs "
         f"{args.epochs} --steps {args.steps}`. {machine_line()}",
         "",
         "The shipped `selfpick` scheme, installed with `relion-plugins scheme install` and run unattended node by "
