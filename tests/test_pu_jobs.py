@@ -161,3 +161,18 @@ def test_train_init_model_errors(trained: Path):
     err = (trained / job / "run.err").read_text()
     assert "holds a different network" in err and len(err.strip().splitlines()) == 1
     assert not (trained / job / "model.pt").exists()
+
+
+def test_complete_labels_train_with_ge_binomial(trained: Path):
+    """Every particle labelled and particles_per_mic at or a little under their number (the loop's case, whose
+    estimate is selected / micrographs): the prior is raised just above the labelled pixel fraction instead of
+    refusing to train."""
+    from relion_plugins.relion.coords import read_coordinate_list
+
+    truth = read_coordinate_list(trained / "truth/truth.star", trained)
+    per_mic = sum(len(t) for t in truth.values()) / len(truth)
+    args = ["--in_mics", "CtfFind/job003/micrographs_ctf.star", "--in_coords", "truth/truth.star"]
+    args += ["--diameter", "150", "--particles_per_mic", f"{0.9 * per_mic:.1f}", *TINY]
+    job = "External/job020/"
+    marker = run_external_like_relion(trained, job, "rp-pu-train", args, threads=1, timeout=600)
+    assert marker == ext.SUCCESS, (trained / job / "run.err").read_text()

@@ -119,6 +119,10 @@ def train_pu(
     pi = expected_prior(particles_per_micrograph, cfg.radius_px, mean_area)
     kwargs = {} if cfg.slack is None or key in ("pn", "nnpu", "pu") else {"slack": cfg.slack}
     if key in ("ge-kl", "ge-binomial"):
+        # Complete labels (e.g. a class selection of every particle it kept, or all true particles) put the
+        # labelled pixel fraction at pi, or above it because label disks rasterise larger than pi r^2 and
+        # dense micrographs cover more: then nearly nothing unlabelled is positive, not an error.
+        pi = max(pi, 1.05 * sampler.labeled_fraction)
         pi_u = unlabeled_prior(pi, sampler.labeled_fraction)
         objective = make_objective(cfg.objective, pi_u, **kwargs)
     else:
