@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..relion.coords import coordinate_path, read_coordinates, write_coordinate_list, write_coordinates
+from ..relion.coords import (
+    coordinate_path,
+    read_coordinate_list,
+    read_coordinates,
+    read_particle_coordinates,
+    write_coordinate_list,
+    write_coordinates,
+)
 from ..relion.external import JobContext, JobFailed, OutputNode
 from ..relion.micrographs import Micrograph, MicrographSet
 from ..relion.mrc import MrcError, read_mrc
@@ -165,3 +172,34 @@ def torch_device(ctx: JobContext):
     if index >= torch.cuda.device_count():
         raise JobFailed(f"--gpu {gpu}: only {torch.cuda.device_count()} GPU(s) visible")
     return torch.device(f"cuda:{index}")
+
+
+def labelled_centres(ctx: JobContext, names: list[str]) -> dict[str, np.ndarray]:
+    """Labelled centres (original pixels) per micrograph name of the micrographs STAR, from ``--in_parts``
+    (recentred when the job's ``recenter`` parameter says so) or ``--in_coords``; training jobs share it."""
+    if ctx.in_parts:
+        tables = read_particle_coordinates(ctx.project_dir / ctx.in_parts, recenter=ctx.params["recenter"])
+        source = ctx.in_parts
+    elif ctx.in_coords:
+        tables = read_coordinate_list(ctx.project_dir / ctx.in_coords, ctx.project_dir)
+        source = ctx.in_coords
+    else:
+        raise JobFailed(
+            "no labelled particles: give --in_parts (particles STAR) or --in_coords (autopick.star)"
+        )
+    known = set(names)
+    by_stem = {n.rsplit("/", 1)[-1].rsplit(".", 1)[0]: n for n in names}
+    out: dict[str, np.ndarray] = {}
+    unknown = 0
+    for mic, table in tables.items():
+        name = mic if mic in known else by_stem.get(mic.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+        if name is None:
+            unknown += 1
+            continue
+        xy = table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(dtype=np.float64)
+        out[name] = np.concatenate([out[name], xy]) if name in out else xy
+    if unknown:
+        ctx.warn(f"{unknown} micrographs of {source} are not in --in_mics; their particles are ignored")
+    if not any(len(v) for v in out.values()):
+        raise JobFailed(f"{source} has no particles on the micrographs of --in_mics")
+    return out

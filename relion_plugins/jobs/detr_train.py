@@ -18,7 +18,7 @@ import numpy as np
 
 from ..relion.external import JobContext, JobFailed, JobSpec, OutputNode, Param
 from ..relion.micrographs import read_micrographs
-from ._picking import read_finite_micrograph, torch_device
+from ._picking import labelled_centres, read_finite_micrograph, torch_device
 
 SIZES = ("full", "small", "tiny")
 BACKBONES = ("", "resnet50", "resnet34", "resnet18", "resnet_small", "resnet_tiny")
@@ -33,11 +33,27 @@ PARAMS = [
         "px",
         minimum=4,
     ),
-    Param("mode", "both", "pretrain (A-LoG pseudo-labels), finetune (labels), or both", str,
-          choices=("both", "pretrain", "finetune")),  # fmt: skip
-    Param("model_size", "full", "full (ResNet-50, 6+6 layers, 300 queries; GPU), small or tiny (CPU)", str,
-          choices=SIZES),  # fmt: skip
-    Param("backbone", "", "backbone instead of the model size's (empty = the size's own)", str, choices=BACKBONES),
+    Param(
+        "mode",
+        "both",
+        "pretrain (A-LoG pseudo-labels), finetune (labels), or both",
+        str,
+        choices=("both", "pretrain", "finetune"),
+    ),  # fmt: skip
+    Param(
+        "model_size",
+        "full",
+        "full (ResNet-50, 6+6 layers, 300 queries; GPU), small or tiny (CPU)",
+        str,
+        choices=SIZES,
+    ),  # fmt: skip
+    Param(
+        "backbone",
+        "",
+        "backbone instead of the model size's (empty = the size's own)",
+        str,
+        choices=BACKBONES,
+    ),
     Param("queries", 0, "detection queries per patch (0 = the model size's)", int, minimum=0),
     Param(
         "init_model",
@@ -57,13 +73,30 @@ PARAMS = [
     Param("pretrain_epochs", 5, "pretraining epochs", int, "epochs", minimum=1),
     Param("cdn", True, "contrastive denoising queries in training", bool),
     Param("lambda_l", 0.5, "denoising label-noise rate", float, minimum=0, maximum=1),
-    Param("lambda_p", 0.4, "denoising box noise of positive queries: below this (share of the box size)", float,
-          minimum=0),  # fmt: skip
-    Param("lambda_n", 1.0, "denoising box noise of hard negatives: from lambda_p up to this", float, minimum=0),
-    Param("augment", "hybrid", "hybrid (offline rotations/flips + online), online, offline or none", str,
-          choices=("hybrid", "online", "offline", "none")),  # fmt: skip
-    Param("offline_crops", 0, "random crops per labelled micrograph added once (offline augmentation)", int,
-          minimum=0),  # fmt: skip
+    Param(
+        "lambda_p",
+        0.4,
+        "denoising box noise of positive queries: below this (share of the box size)",
+        float,
+        minimum=0,
+    ),  # fmt: skip
+    Param(
+        "lambda_n", 1.0, "denoising box noise of hard negatives: from lambda_p up to this", float, minimum=0
+    ),
+    Param(
+        "augment",
+        "hybrid",
+        "hybrid (offline rotations/flips + online), online, offline or none",
+        str,
+        choices=("hybrid", "online", "offline", "none"),
+    ),  # fmt: skip
+    Param(
+        "offline_crops",
+        0,
+        "random crops per labelled micrograph added once (offline augmentation)",
+        int,
+        minimum=0,
+    ),  # fmt: skip
     Param("denoise", "bilateral", "denoising before equalisation", str, choices=("bilateral", "none")),
     Param("equalize", "clahe", "histogram equalisation", str, choices=("clahe", "hist", "none")),
     Param("invert", False, "particles are white on a dark background", bool),
@@ -124,7 +157,6 @@ def validation_scorer(images, coords, diameter_px: float, crop: int, device):
 
 
 def run(ctx: JobContext) -> list[OutputNode]:
-    from .pu_train import _labels  # the same label reading as the PU picker (parts or coords)
 
     p = ctx.params
     override = p["angpix"] if p["angpix"] > 0 else None
@@ -132,7 +164,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
     angpix = mics.angpix
     finetune = p["mode"] in ("both", "finetune")
     # labels before torch is imported: a job without labels fails in a fraction of a second
-    labels = _labels(ctx, [m.name for m in mics.items]) if finetune else {}
+    labels = labelled_centres(ctx, [m.name for m in mics.items]) if finetune else {}
 
     import torch
 
@@ -199,7 +231,9 @@ def run(ctx: JobContext) -> list[OutputNode]:
     def progress_for(phase: str, total: int):
         def progress(record: dict) -> None:
             val = f", validation F1 {record['validation']:.3f}" if "validation" in record else ""
-            ctx.log(f" {phase} epoch {record['epoch']}/{total}: loss {record.get('loss', float('nan')):.4f}{val}")
+            ctx.log(
+                f" {phase} epoch {record['epoch']}/{total}: loss {record.get('loss', float('nan')):.4f}{val}"
+            )
             ctx.progress(record["epoch"], total, f"{phase} epochs")
             history.append(record | {"phase": phase})
 
@@ -250,7 +284,8 @@ def run(ctx: JobContext) -> list[OutputNode]:
         "crop": crop,
         "threshold": threshold,
         "validation_f1": best_f1,
-        "train_config": base | {"epochs": p["epochs"], "pretrain_epochs": p["pretrain_epochs"], "mode": p["mode"]},
+        "train_config": base
+        | {"epochs": p["epochs"], "pretrain_epochs": p["pretrain_epochs"], "mode": p["mode"]},
         "history": history,
         "provenance": {
             "in_mics": ctx.in_mics,

@@ -15,10 +15,9 @@ import time
 
 import numpy as np
 
-from ..relion.coords import read_coordinate_list, read_particle_coordinates
 from ..relion.external import JobContext, JobFailed, JobSpec, OutputNode, Param
 from ..relion.micrographs import read_micrographs
-from ._picking import read_finite_micrograph, torch_device
+from ._picking import labelled_centres, read_finite_micrograph, torch_device
 
 ARCHS = ("resnet8", "resnet16", "conv31", "conv63", "conv127")
 OBJECTIVES = ("GE-binomial", "NNPU", "PN", "GE-KL")
@@ -78,7 +77,13 @@ PARAMS = [
     Param("normalization", "gmm", "per-micrograph normalisation", str, choices=("gmm", "standardize")),
     Param("invert", False, "particles are white on a dark background", bool),
     Param("recenter", True, "recentre --in_parts coordinates by rlnOriginXAngst/YAngst", bool),
-    Param("learning_rate", 2e-4, "Adam learning rate (the paper's; 1e-3 learns faster from few minibatches)", float, minimum=0),
+    Param(
+        "learning_rate",
+        2e-4,
+        "Adam learning rate (the paper's; 1e-3 learns faster from few minibatches)",
+        float,
+        minimum=0,
+    ),
     Param("minibatch", 256, "crops per minibatch", int, minimum=2),
     Param(
         "positive_fraction",
@@ -104,36 +109,6 @@ PARAMS = [
 ]
 
 
-def _labels(ctx: JobContext, names: list[str]) -> dict[str, np.ndarray]:
-    """Labelled centres (original pixels) per micrograph name of the micrographs STAR."""
-    if ctx.in_parts:
-        tables = read_particle_coordinates(ctx.project_dir / ctx.in_parts, recenter=ctx.params["recenter"])
-        source = ctx.in_parts
-    elif ctx.in_coords:
-        tables = read_coordinate_list(ctx.project_dir / ctx.in_coords, ctx.project_dir)
-        source = ctx.in_coords
-    else:
-        raise JobFailed(
-            "no labelled particles: give --in_parts (particles STAR) or --in_coords (autopick.star)"
-        )
-    known = set(names)
-    by_stem = {n.rsplit("/", 1)[-1].rsplit(".", 1)[0]: n for n in names}
-    out: dict[str, np.ndarray] = {}
-    unknown = 0
-    for mic, table in tables.items():
-        name = mic if mic in known else by_stem.get(mic.rsplit("/", 1)[-1].rsplit(".", 1)[0])
-        if name is None:
-            unknown += 1
-            continue
-        xy = table[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(dtype=np.float64)
-        out[name] = np.concatenate([out[name], xy]) if name in out else xy
-    if unknown:
-        ctx.warn(f"{unknown} micrographs of {source} are not in --in_mics; their particles are ignored")
-    if not any(len(v) for v in out.values()):
-        raise JobFailed(f"{source} has no particles on the micrographs of --in_mics")
-    return out
-
-
 def run(ctx: JobContext) -> list[OutputNode]:
     import torch
 
@@ -150,7 +125,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
     angpix = mics.angpix
     if p["init_model"] and not (ctx.project_dir / p["init_model"]).is_file():
         raise JobFailed(f"--init_model {p['init_model']}: no such file")
-    labels = _labels(ctx, [m.name for m in mics.items])
+    labels = labelled_centres(ctx, [m.name for m in mics.items])
     labelled = [m for m in mics.items if m.name in labels and len(labels[m.name])]
     n_labels = sum(len(labels[m.name]) for m in labelled)
     rng = np.random.default_rng(p["seed"])
