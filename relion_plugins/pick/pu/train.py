@@ -7,7 +7,6 @@ held-out micrographs with it), so the loop stays independent of how "good" is me
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ..early_stopping import BestEpoch
 from .models import PUClassifier, build_model, reconstruction_loss
 from .objectives import class_prior, make_objective, unlabeled_prior
 from .sampling import CropSampler
@@ -137,8 +137,7 @@ def train_pu(
     n_pos = sampler.n_positive
 
     history: list[dict] = []
-    best_state = copy.deepcopy(model.state_dict())
-    best_score, best_epoch, stale = -math.inf, 0, 0
+    best = BestEpoch(model, cfg.patience, validated=validate is not None)
     for epoch in range(1, cfg.max_epochs + 1):
         model.train()
         sums: dict[str, float] = {}
@@ -163,28 +162,23 @@ def train_pu(
         record = {k: v / cfg.steps_per_epoch for k, v in sums.items()}
         record["epoch"] = epoch
         record["seconds"] = time.monotonic() - started
+        score = None
         if validate is not None:
             score = float(validate(model))
             record["validation"] = score
-            if score > best_score + 1e-4:
-                best_score, best_epoch, stale = score, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
-        else:
-            best_epoch, best_state = epoch, model.state_dict()
+        stop = best.end_epoch(model, epoch, score)
         history.append(record)
         if progress is not None:
             progress(record)
-        if validate is not None and stale >= cfg.patience:
+        if stop:
             break
-    model.load_state_dict(best_state)
+    model.load_state_dict(best.state)
     model.eval()
     return TrainResult(
         model=model,
         history=history,
-        best_epoch=best_epoch,
-        best_score=best_score if validate is not None else float("nan"),
+        best_epoch=best.epoch,
+        best_score=best.score,
         pi=pi,
         pi_unlabeled=pi_u,
         seconds=time.monotonic() - started,
