@@ -14,6 +14,7 @@ particles missing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -203,20 +204,29 @@ def simulate_tomogram(cfg: TomogramConfig = TomogramConfig(), seed: int = 0) -> 
 def noisy_sphere_labels(
     tomo: SimulatedTomogram,
     seed: int = 0,
-    drop: float = 0.3,
+    drop: float | Sequence[float] = 0.3,
     shift: float = 0.35,
     radius_range: tuple[float, float] = (0.6, 1.6),
+    shift_voxels: float = 0.0,
 ) -> tuple[np.ndarray, pd.DataFrame]:
-    """Cheap, wrong training labels: each particle is missed with probability ``drop``; the others get a
-    sphere of radius ``U(radius_range)`` x their true radius around a centre shifted by a Gaussian of
-    ``shift`` x the radius per axis. Returns the label volume and the (noisy) coordinates actually used.
+    """Cheap, wrong training labels: each particle is missed with probability ``drop`` (one value, or one
+    per species: annotators miss small particles more often); the others get a sphere of radius
+    ``U(radius_range)`` x their true radius around a centre shifted by a Gaussian of ``shift`` x the radius
+    plus ``shift_voxels`` (a clicking error that does not scale with the particle) per axis. Returns the
+    label volume and the (noisy) coordinates actually used.
     """
     rng = np.random.default_rng(seed)
     t = tomo.particles
-    keep = rng.random(len(t)) >= drop
+    species = t["species"].to_numpy()
+    rates = np.broadcast_to(np.asarray(drop, float), (1,)) if np.ndim(drop) == 0 else np.asarray(drop, float)
+    if rates.size not in (1, len(tomo.species)):
+        raise ValueError(f"drop: one rate or one per species ({len(tomo.species)}), got {rates.size}")
+    p_drop = rates[0] if rates.size == 1 else rates[species - 1]
+    keep = rng.random(len(t)) >= p_drop
     t = t[keep].reset_index(drop=True)
     r = 0.5 * tomo.diameters_A[t["species"].to_numpy() - 1] / tomo.angpix
-    xyz = t[["x", "y", "z"]].to_numpy() + rng.standard_normal((len(t), 3)) * (shift * r)[:, None]
+    sigma = np.hypot(shift * r, shift_voxels)
+    xyz = t[["x", "y", "z"]].to_numpy() + rng.standard_normal((len(t), 3)) * sigma[:, None]
     radii = r * rng.uniform(*radius_range, len(t))
     labels = paint_spheres(tomo.volume.shape, xyz, t["species"].to_numpy(), radii)
     coords = pd.DataFrame({"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "species": t["species"].to_numpy()})
