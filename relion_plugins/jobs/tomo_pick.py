@@ -2,8 +2,8 @@
 
 Each tomogram of ``--in_mics`` (RELION 5 tomograms STAR) or ``--tomograms`` (MRC files) is segmented by the
 network over patches overlapping by ``--overlap`` voxels (probabilities averaged), the argmax map is split
-into 26-connected components per species, and each component of at least ``--min_voxels`` voxels gives one
-particle at its centroid. Writes ``particles.star`` in RELION 5's particle-set format (``data_general``,
+into 26-connected components per species, and each component of at least ``--min_voxels`` voxels and
+``--min_fraction`` of its species' sphere volume gives one particle at its centroid. Writes ``particles.star`` in RELION 5's particle-set format (``data_general``,
 ``data_optics``, ``data_particles`` with ``rlnTomoName``, ``rlnCenteredCoordinateX/Y/ZAngst``,
 ``rlnClassNumber`` = species and ``rlnAutopickFigureOfMerit``), ``optimisation_set.star`` when the input is
 a tomograms STAR, and ``logfile.pdf`` with slices and picks. Continue runs pick only new tomograms.
@@ -24,6 +24,9 @@ PARAMS = [
     Param("overlap", 20, "overlap of neighbouring patches (probabilities are averaged)", int, "voxels", minimum=0),
     Param("min_voxels", 5, "smallest connected component (26-neighbourhood) that counts as a particle", int,
           "voxels", minimum=1),
+    Param("min_fraction", 0.25, "smallest connected component as a fraction of its species' sphere volume "
+          "(fragments at the edge of a large particle are not picks); 0 = only --min_voxels", float,
+          minimum=0, maximum=1),
     Param("threshold", 0.0, "keep picks whose mean species probability is at least this", float, minimum=0,
           maximum=1),
     Param("species", "", "species to write, comma-separated numbers (e.g. 1,3); empty = all", str),
@@ -101,7 +104,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
         tomo = by_name[name]
         vol = read_volume(tomo)
         probs = predict_volume(model, vol, patch, overlap, device, ctx.check_abort)
-        picks = cluster_picks(probs, p["min_voxels"])
+        picks = cluster_picks(probs, p["min_voxels"], radii, p["min_fraction"])
         picks = picks[picks["species"].isin(wanted) & (picks["score"] >= p["threshold"])].reset_index(drop=True)
         write_tomo_particles(files[name], {name: picks}, [tomo])
         ctx.mark_done(name, {"n": len(picks)})

@@ -243,7 +243,7 @@ def _write_logfile(ctx, result, vols, names, p, radii, device) -> None:
                            "loss")]
     for vol, name in zip(vols, names):
         probs = predict_volume(result.model, vol, p["patch"], min(20, p["patch"] // 2), device, ctx.check_abort)
-        picks = cluster_picks(probs)
+        picks = cluster_picks(probs, radii=radii, min_fraction=0.25)
         pages += slice_pages(vol, picks, radii, f"{name}: picks of the trained network")
     write_pdf(ctx.out_dir / "logfile.pdf", pages)
 

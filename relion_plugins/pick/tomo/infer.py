@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -55,9 +55,18 @@ def predict_volume(
     return probs[:, : shape[0], : shape[1], : shape[2]]
 
 
-def cluster_picks(probs: np.ndarray, min_voxels: int = 5) -> pd.DataFrame:
+def cluster_picks(
+    probs: np.ndarray,
+    min_voxels: int = 5,
+    radii: Sequence[float] | None = None,
+    min_fraction: float = 0.0,
+) -> pd.DataFrame:
     """One pick per particle and species: the argmax label map is split into 26-connected components of
     each species (class 0 is background); components of at least ``min_voxels`` give their centroid.
+
+    With ``radii`` (voxels, one per species) a component must also fill ``min_fraction`` of its species'
+    sphere volume: a large particle's segmentation breaks up at its edges, and each crumb would otherwise
+    be a pick.
 
     Returns ``x, y, z`` (voxels), ``species``, ``score`` (mean probability of the species in the
     component) and ``size`` (voxels).
@@ -65,12 +74,17 @@ def cluster_picks(probs: np.ndarray, min_voxels: int = 5) -> pd.DataFrame:
     labels = probs.argmax(0)
     structure = np.ones((3, 3, 3), bool)  # 26-neighbourhood
     rows = []
+    if radii is not None and len(radii) != probs.shape[0] - 1:
+        raise ValueError(f"{len(radii)} radii for {probs.shape[0] - 1} species")
     for c in range(1, probs.shape[0]):
         comp, n = ndi.label(labels == c, structure=structure)
         if n == 0:
             continue
         sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
-        keep = np.flatnonzero(sizes >= min_voxels) + 1
+        smallest = float(min_voxels)
+        if radii is not None and min_fraction > 0:
+            smallest = max(smallest, min_fraction * 4.0 / 3.0 * np.pi * float(radii[c - 1]) ** 3)
+        keep = np.flatnonzero(sizes >= smallest) + 1
         if keep.size == 0:
             continue
         cent = np.asarray(ndi.center_of_mass(np.ones_like(comp, np.float32), comp, keep), float).reshape(-1, 3)
