@@ -13,7 +13,7 @@ from relion_plugins.imaging.spheres import paint_spheres
 from relion_plugins.pick.tomo.bilevel import TrainConfig, fd_hypergradient, frozen_buffers, train_picker
 from relion_plugins.pick.tomo.data import PatchSampler
 from relion_plugins.pick.tomo.infer import cluster_picks, predict_volume
-from relion_plugins.pick.tomo.losses import dice_loss, dice_terms, one_hot
+from relion_plugins.pick.tomo.losses import dice_loss, one_hot
 from relion_plugins.pick.tomo.unet import DataReweighting, LabelCorrection, UNet3D, build_unet
 
 
@@ -46,8 +46,6 @@ def test_dice_perfect_and_wrong():
     good = (target * 40 - 20).float()
     assert dice_loss(good, target).item() < 1e-3
     assert dice_loss(-good, target).item() > 0.95
-    terms = dice_terms(good, target)
-    assert terms.shape == (1, 2) and terms.max().item() < 1e-3
 
 
 def test_meta_networks():
@@ -57,7 +55,12 @@ def test_meta_networks():
     corrected, alpha = lc(torch.randn(2, 4, 6, 6, 6), noisy, own)
     assert torch.allclose(corrected.sum(1), torch.ones(2, 6, 6, 6), atol=1e-5)  # still a distribution
     assert 0.8 < alpha.mean().item() < 0.95  # starts by trusting the labels
-    assert torch.allclose(corrected, alpha * noisy + (1 - alpha) * own)
+    # its own softmax starts as the segmentation network's and learns corrections from there
+    assert torch.allclose(corrected, alpha * noisy + (1 - alpha) * own, atol=1e-5)
+    with torch.no_grad():
+        lc.net[-1].bias[1] += 5.0  # a learned preference for class 1 where the label is unsure
+    shifted, alpha2 = lc(torch.randn(2, 4, 6, 6, 6), noisy, own)
+    assert bool((shifted[:, 1] >= alpha2[:, 0] * noisy[:, 1] + (1 - alpha2[:, 0]) * own[:, 1] - 1e-6).all())
     dr = DataReweighting()
     assert dr.net[0].out_features == 500
     w = dr(torch.rand(3, 5))
@@ -158,6 +161,46 @@ def test_cluster_picks_26_connectivity_and_min_size():
     p2 = picks[picks.species == 2].iloc[0]
     assert (p2["x"], p2["y"], p2["z"]) == pytest.approx((11.5, 11.0, 11.0))
     assert p2["score"] == pytest.approx(0.8)
+
+
+def test_cluster_picks_drops_crumbs_smaller_than_a_fraction_of_the_species_volume():
+    probs = np.zeros((3, 30, 30, 30), np.float32)
+    probs[0] = 0.6
+    probs[1, 2:5, 2:5, 2:5] = 0.9  # species 1 (radius 2: sphere 33.5 voxels): 27 voxels, kept at 0.5
+    probs[2, 10:20, 10:20, 10:20] = 0.9  # species 2 (radius 6: sphere 905 voxels): the particle, 1000 voxels
+    probs[2, 25:27, 25:28, 25:28] = 0.9  # a 18-voxel crumb of species 2
+    kept = cluster_picks(probs, 5, radii=[2.0, 6.0], min_fraction=0.5)
+    assert sorted(kept["size"]) == [27, 1000]
+    assert len(cluster_picks(probs, 5)) == 3  # without radii only min_voxels applies
+    with pytest.raises(ValueError):
+        cluster_picks(probs, 5, radii=[2.0], min_fraction=0.5)
+
+
+def test_voxel_reweighting_is_relative_within_each_label_class():
+    from relion_plugins.pick.tomo.bilevel import class_normalised
+    from relion_plugins.pick.tomo.losses import weighted_dice_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 6, 6, 6)
+    y = torch.randint(0, 3, (2, 6, 6, 6))
+    target = one_hot(y, 3)
+    # all-ones weights are plain Dice
+    assert torch.allclose(weighted_dice_loss(logits, target, torch.ones(2, 6, 6, 6)), dice_loss(logits, target))
+    w = class_normalised(torch.rand(2, 6, 6, 6) + 0.1, y, 3)
+    for c in range(3):
+        assert w[y == c].mean().item() == pytest.approx(1.0, rel=1e-5)  # no weight moves between classes
+    # a class-wide factor is undone: DR cannot give up on a class
+    scaled = torch.where(y == 1, torch.full_like(w, 0.01), torch.ones_like(w))
+    assert torch.allclose(class_normalised(scaled, y, 3), torch.ones_like(w), atol=1e-5)
+
+
+def test_data_reweighting_on_many_values_interpolates_the_mlp():
+    torch.manual_seed(0)
+    dr = DataReweighting(50, grid=64)
+    values = torch.rand(5000) * 4
+    interp = dr(values)
+    dr.grid = 10**9
+    assert torch.allclose(interp, dr(values), atol=2e-3)
 
 
 class _Pointwise(torch.nn.Module):

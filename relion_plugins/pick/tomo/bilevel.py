@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .data import PatchSampler
-from .losses import dice_loss, dice_terms, one_hot
+from .losses import dice_loss, one_hot, voxel_cross_entropy, weighted_dice_loss
 from .unet import DataReweighting, LabelCorrection, UNet3D
 
 METHODS = ("robpicker", "dr", "lc", "plain")
@@ -140,8 +140,9 @@ def robust_train_loss(
     frozen: dict | None = None,
     stats: dict | None = None,
 ) -> torch.Tensor:
-    """Training loss on noisy labels ``y``: Dice against the LC-corrected labels (when ``lc``), each
-    patch-and-class term weighted by DR's weight of its loss value (when ``dr``).
+    """Training loss on noisy labels ``y``: multi-class Dice (each class pooled over the batch, as the
+    validation loss and DeepFinder) against the LC-corrected labels (when ``lc``), each voxel counted with
+    DR's weight of its cross-entropy (when ``dr``), normalised within its label class.
 
     The meta networks' inputs (the segmentation features and softmax, the loss values) are detached: corrected labels
     and weights are targets for the segmentation network, not something it may move. With ``meta_grad``
@@ -161,18 +162,33 @@ def robust_train_loss(
             target, alpha = lc(features.detach(), target, own)
         if stats is not None:
             stats.setdefault("alpha", []).append(float(alpha.detach().mean()))
-    terms = dice_terms(logits, target)
     if dr is None:
-        return terms.mean()
-    inputs = terms.detach() if frozen is None else frozen.setdefault("terms", terms.detach())
+        return dice_loss(logits, target)
+    # DR weighs voxels, where sphere labels are wrong (a rim around a shifted or oversized sphere, a
+    # dropped particle painted as background), by each voxel's loss value.
+    voxel_loss = voxel_cross_entropy(logits.detach(), target.detach())
+    if frozen is not None:
+        voxel_loss = frozen.setdefault("voxel_loss", voxel_loss)
     with ctx:
-        w = dr(inputs)
+        w = class_normalised(dr(voxel_loss), y, logits.shape[1])
     if stats is not None:
         stats.setdefault("weight_sd", []).append(float(w.detach().std()))
-    # Weights are normalised within each class: DR may trust one patch's label more than another's, but
-    # cannot shift weight from a hard class (a tiny species) to an easy one (the background), which would
-    # lower the training loss by giving up on the hard class.
-    return ((w * terms).sum(0) / (w.sum(0) + 1e-8)).mean()
+    return weighted_dice_loss(logits, target, w)
+
+
+def class_normalised(weights: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``weights`` divided by their mean over the voxels of the same (noisy) label class in the batch.
+
+    DR may then trust one voxel of a class more than another, but cannot move weight from a hard class
+    (a tiny species) to an easy one (the background), which would lower the training loss by giving up on
+    the hard class.
+    """
+    idx = labels.reshape(-1).long()
+    flat = weights.reshape(-1)
+    sums = torch.zeros(n_classes, dtype=flat.dtype, device=flat.device).index_add(0, idx, flat)
+    counts = torch.bincount(idx, minlength=n_classes).to(flat.dtype)
+    means = sums / counts.clamp(min=1)
+    return (flat / (means[idx] + 1e-8)).reshape(weights.shape)
 
 
 def _val_loss(model: UNet3D, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

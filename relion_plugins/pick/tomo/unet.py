@@ -69,40 +69,66 @@ def build_unet(config: dict[str, Any]) -> UNet3D:
 
 class LabelCorrection(nn.Module):
     """Label-correction network: from the segmentation features, the noisy label and the segmentation
-    network's own softmax it predicts a per-voxel mixing coefficient alpha; the corrected soft label is
-    ``alpha * noisy_onehot + (1 - alpha) * own_softmax``. Where the network confidently sees a particle the
-    label misses (a dropped particle, a shifted or wrongly sized sphere), a low alpha lets it keep it.
+    network's softmax it predicts, per voxel, its own class distribution and a mixing coefficient alpha; the
+    corrected soft label is ``alpha * noisy_onehot + (1 - alpha) * own_softmax``. Where the features show a
+    particle the label misses (a dropped particle, a shifted or wrongly sized sphere), a low alpha and its
+    own softmax put the particle back into the target.
 
-    alpha starts near ``alpha0`` (trust the labels) so that early training equals plain training.
+    Its own class logits are the segmentation network's log-probabilities plus a learned correction that
+    starts at zero, and alpha starts near ``alpha0`` (trust the labels), so early training equals plain
+    training with slightly smoothed labels.
     """
 
     def __init__(self, feature_channels: int, n_classes: int, hidden: int = 16, alpha0: float = 0.9):
         super().__init__()
+        self.n_classes = n_classes
         self.net = nn.Sequential(
             nn.Conv3d(feature_channels + 2 * n_classes, hidden, 3, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv3d(hidden, 1, 1),
+            nn.Conv3d(hidden, n_classes + 1, 1),
         )
         with torch.no_grad():
             last = self.net[-1]
-            last.bias.fill_(float(torch.logit(torch.tensor(alpha0))))
-            last.weight.mul_(0.1)
+            last.weight[:n_classes].zero_()
+            last.bias[:n_classes].zero_()
+            last.weight[n_classes:].mul_(0.1)
+            last.bias[n_classes:].fill_(float(torch.logit(torch.tensor(alpha0))))
 
     def forward(
-        self, features: torch.Tensor, noisy_onehot: torch.Tensor, own_softmax: torch.Tensor
+        self, features: torch.Tensor, noisy_onehot: torch.Tensor, seg_softmax: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        alpha = torch.sigmoid(self.net(torch.cat([features, noisy_onehot, own_softmax], dim=1)))
-        return alpha * noisy_onehot + (1 - alpha) * own_softmax, alpha
+        out = self.net(torch.cat([features, noisy_onehot, seg_softmax], dim=1))
+        c = self.n_classes
+        own = torch.softmax(torch.log(seg_softmax.clamp_min(1e-6)) + out[:, :c], dim=1)
+        alpha = torch.sigmoid(out[:, c:])
+        return alpha * noisy_onehot + (1 - alpha) * own, alpha
 
 
 class DataReweighting(nn.Module):
     """Data-reweighting network (Meta-Weight-Net): an MLP 1 -> hidden -> 1 with a sigmoid, mapping a loss
-    value to its weight in the training loss."""
+    value to its weight in the training loss.
 
-    def __init__(self, hidden: int = 500):
+    Weighing every voxel of a batch (10^5 or more) through a 500-wide layer would cost more than the U-Net;
+    since the weight is a function of one number, above ``grid`` values it is evaluated on ``grid`` points
+    spanning the values and interpolated linearly (the MLP is piecewise linear itself).
+    """
+
+    def __init__(self, hidden: int = 500, grid: int = 1024):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+        self.grid = int(grid)
 
     def forward(self, loss_values: torch.Tensor) -> torch.Tensor:
         shape = loss_values.shape
-        return torch.sigmoid(self.net(loss_values.reshape(-1, 1))).reshape(shape)
+        flat = loss_values.reshape(-1, 1)
+        if flat.shape[0] <= self.grid:
+            return torch.sigmoid(self.net(flat)).reshape(shape)
+        flat = flat[:, 0].detach()
+        lo, hi = flat.min(), flat.max()
+        span = torch.clamp(hi - lo, min=1e-12)
+        points = lo + span * torch.linspace(0, 1, self.grid, dtype=flat.dtype, device=flat.device)
+        at_points = torch.sigmoid(self.net(points[:, None]))[:, 0]
+        pos = (flat - lo) / span * (self.grid - 1)
+        i0 = torch.clamp(pos.floor().long(), 0, self.grid - 2)
+        t = pos - i0.to(pos.dtype)
+        return (at_points[i0] * (1 - t) + at_points[i0 + 1] * t).reshape(shape)
