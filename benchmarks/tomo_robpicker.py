@@ -11,7 +11,7 @@ centres: one-to-one matching within half the species' diameter (at least 2 voxel
 
 All methods see the same patches in the same order (same seeds), the same network, optimiser and number
 of iterations; they differ only in the meta networks. Run on CPU with one thread unless told otherwise.
-Run:  python benchmarks/tomo_robpicker.py [--quick] [--seed 2026] [--iterations 600]
+Run:  python benchmarks/tomo_robpicker.py [--quick] [--seeds 2026 2027 2028] [--label-noise moderate|hard] [--processes 2]
 """
 
 from __future__ import annotations
@@ -41,9 +41,64 @@ def centres(table) -> np.ndarray:
     return table[["x", "y", "z", "species"]].to_numpy(dtype=float)
 
 
+NOISE = {
+    # every particle equally likely to be missed; centre errors in proportion to the particle
+    "moderate": {"drop": [0.3], "shift_voxels": 0.0},
+    # as annotators label small particles: the smaller, the more often missed, and a clicking error of
+    # 1 voxel (10 Å) per axis that does not shrink with the particle
+    "hard": {"drop": [0.5, 0.4, 0.3, 0.2], "shift_voxels": 1.0},
+}
+
+
+def simulate(args, seed: int):
+    """The benchmark's tomograms and noisy labels (deterministic for ``seed``)."""
+    cfg = TomogramConfig(shape=tuple(args.shape), snr=args.snr)
+    train_t = [simulate_tomogram(cfg, seed=seed * 100 + i) for i in range(args.train_tomograms)]
+    val_t = simulate_tomogram(cfg, seed=seed * 100 + 50)
+    test_t = [simulate_tomogram(cfg, seed=seed * 100 + 80 + i) for i in range(args.test_tomograms)]
+    noisy = [noisy_sphere_labels(t, seed=seed * 100 + i, drop=args.drop, shift_voxels=args.shift_voxels)
+             for i, t in enumerate(train_t)]
+    return cfg, train_t, val_t, test_t, noisy
+
+
+def run_method(method: str, seed: int, args) -> tuple:
+    """Train one method on the data simulated for ``seed`` and score its picks on the test tomograms."""
+    import pandas as pd
+
+    torch.set_num_threads(args.threads)
+    cfg, train_t, val_t, test_t, noisy = simulate(args, seed)
+    species = test_t[0].species
+    radii = {s + 1: max(2.0, 0.5 * d / cfg.angpix) for s, (_, d) in enumerate(species)}
+    radius_list = [radii[s] for s in sorted(radii)]
+    truth_all = pd.concat([t.particles.assign(tomo=i) for i, t in enumerate(test_t)], ignore_index=True)
+    train = PatchSampler([t.volume for t in train_t], [n[0] for n in noisy], [centres(n[1]) for n in noisy],
+                         args.patch, np.random.default_rng(seed))
+    val = PatchSampler([val_t.volume], [val_t.shape_labels], [centres(val_t.particles)], args.patch,
+                       np.random.default_rng(seed + 1), class_balanced=True)
+    tc = TrainConfig(method=method, iterations=args.iterations, batch=args.batch, learning_rate=args.learning_rate,
+                     meta_lr=args.meta_lr, meta_interval=args.meta_interval,
+                     eval_every=max(1, args.iterations // 8), eval_patches=8, seed=seed)
+    res = train_picker(train, val, len(species) + 1, tc, width=args.width, depth=4)
+    t1 = time.monotonic()
+    picks = []
+    for i, t in enumerate(test_t):
+        probs = predict_volume(res.model, t.volume, patch=48, overlap=16)
+        if args.save_probs:
+            args.save_probs.mkdir(parents=True, exist_ok=True)
+            np.save(args.save_probs / f"{method}_{seed}_{i}.npy", probs.astype(np.float16))
+        picks.append(cluster_picks(probs, 5, radius_list, args.min_fraction).assign(tomo=i))
+    t_pick = time.monotonic() - t1
+    scores = species_scores(pd.concat(picks, ignore_index=True), truth_all, radii)
+    print(f"seed {seed}, {dict(METHODS)[method]}: train {res.seconds:.0f} s (best iteration {res.best_iteration}), pick {t_pick:.0f} s; "
+          "F1 " + ", ".join(f"{species[s - 1][0]} {v['f1']:.3f} ({v['n_picks']} picks / {v['n_truth']})"
+                            for s, v in scores.items()), flush=True)
+    return scores, res.seconds, t_pick, res.best_iteration
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=2026, help="simulation and training seed (2026 reported; tune on others)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2026, 2027, 2028],
+                        help="simulation and training seeds: each gives new tomograms, labels and initial weights")
     parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--patch", type=int, default=32, help="training patch side, voxels")
@@ -55,88 +110,98 @@ def main() -> None:
     parser.add_argument("--test-tomograms", type=int, default=2)
     parser.add_argument("--shape", type=int, nargs=3, default=(80, 128, 128), help="nz ny nx")
     parser.add_argument("--snr", type=float, default=2.0, help="signal variance in particles / noise variance")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per method")
+    parser.add_argument("--processes", type=int, default=1, help="methods trained side by side")
     parser.add_argument("--methods", nargs="+", default=[m for m, _ in METHODS])
     parser.add_argument("--quick", action="store_true", help="a few iterations on small tomograms (smoke test)")
+    parser.add_argument("--label-noise", choices=sorted(NOISE), default="moderate",
+                        help="preset of --drop and --shift-voxels; each writes its own section of the report")
+    parser.add_argument("--drop", type=float, nargs="+",
+                        help="share of particles missing from the training labels: one value or one per species")
+    parser.add_argument("--shift-voxels", type=float,
+                        help="absolute clicking error of the label centres (Gaussian per axis, voxels)")
+    parser.add_argument("--min-fraction", type=float, default=0.25,
+                        help="smallest picked component as a fraction of its species' sphere volume")
+    parser.add_argument("--save-probs", type=Path, help="keep each method's class probabilities of the test tomograms here")
     parser.add_argument("--no-report", action="store_true", help="do not write docs/benchmarks.md")
     args = parser.parse_args()
     if args.quick:
         args.iterations, args.shape, args.train_tomograms, args.test_tomograms = 20, (48, 64, 64), 1, 1
-    torch.set_num_threads(args.threads)
-    cfg = TomogramConfig(shape=tuple(args.shape), snr=args.snr)
+    preset = NOISE[args.label_noise]
+    custom = args.drop is not None or args.shift_voxels is not None
+    args.drop = args.drop if args.drop is not None else preset["drop"]
+    args.shift_voxels = args.shift_voxels if args.shift_voxels is not None else preset["shift_voxels"]
     t0 = time.monotonic()
-    seed = args.seed
-    train_t = [simulate_tomogram(cfg, seed=seed * 100 + i) for i in range(args.train_tomograms)]
-    val_t = simulate_tomogram(cfg, seed=seed * 100 + 50)
-    test_t = [simulate_tomogram(cfg, seed=seed * 100 + 80 + i) for i in range(args.test_tomograms)]
-    noisy = [noisy_sphere_labels(t, seed=seed * 100 + i) for i, t in enumerate(train_t)]
+    cfg, train_t, _, test_t, _ = simulate(args, args.seeds[0])
     species = test_t[0].species
     print(f"simulated {len(train_t)} + 1 + {len(test_t)} tomograms {tuple(args.shape)} in {time.monotonic() - t0:.0f} s; "
-          f"species {species}", flush=True)
-    radii = {s + 1: max(2.0, 0.5 * d / cfg.angpix) for s, (_, d) in enumerate(species)}
-    truth = [t.particles.assign(tomo=i) for i, t in enumerate(test_t)]
-    import pandas as pd
-
-    truth_all = pd.concat(truth, ignore_index=True)
-    results = {}
+          f"species {species}; label noise {args.label_noise}: drop {args.drop}, click error {args.shift_voxels} voxels",
+          flush=True)
     names = dict(METHODS)
-    for method in args.methods:
-        train = PatchSampler([t.volume for t in train_t], [n[0] for n in noisy], [centres(n[1]) for n in noisy],
-                             args.patch, np.random.default_rng(seed))
-        val = PatchSampler([val_t.volume], [val_t.shape_labels], [centres(val_t.particles)], args.patch,
-                           np.random.default_rng(seed + 1), class_balanced=True)
-        tc = TrainConfig(method=method, iterations=args.iterations, batch=args.batch, learning_rate=args.learning_rate,
-                         meta_lr=args.meta_lr, meta_interval=args.meta_interval,
-                         eval_every=max(1, args.iterations // 8), eval_patches=8, seed=seed)
-        res = train_picker(train, val, len(species) + 1, tc, width=args.width, depth=4)
-        t1 = time.monotonic()
-        picks = []
-        for i, t in enumerate(test_t):
-            probs = predict_volume(res.model, t.volume, patch=48, overlap=16)
-            picks.append(cluster_picks(probs, min_voxels=5).assign(tomo=i))
-        t_pick = time.monotonic() - t1
-        scores = species_scores(pd.concat(picks, ignore_index=True), truth_all, radii)
-        results[method] = (scores, res.seconds, t_pick, res.best_iteration)
-        print(f"{names[method]}: train {res.seconds:.0f} s (best iteration {res.best_iteration}), pick {t_pick:.0f} s; F1 "
-              + ", ".join(f"{species[s - 1][0]} {v['f1']:.3f} ({v['n_picks']} picks / {v['n_truth']})"
-                          for s, v in scores.items()), flush=True)
+    tasks = [(m, seed, args) for seed in args.seeds for m in args.methods]
+    if args.processes > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(args.processes, len(tasks))) as pool:
+            done = pool.starmap(run_method, tasks, chunksize=1)
+    else:
+        done = [run_method(*t) for t in tasks]
+    runs: dict[str, list] = {m: [] for m in args.methods}
+    for (m, _, _), r in zip(tasks, done):
+        runs[m].append(r)
+    n_species = len(species)
+    # F1 per method: [seeds, species]
+    f1 = {m: np.array([[r[0][s]["f1"] for s in range(1, n_species + 1)] for r in rs]) for m, rs in runs.items()}
+
+    def cell(values: np.ndarray) -> str:
+        return f"{values.mean():.3f}" + (f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else "")
 
     header = "| method | " + " | ".join(f"{n} ({d:g} Å) F1" for n, d in species) + " | train s | pick s |"
+    seeds_txt = " ".join(str(s) for s in args.seeds)
     lines = [
-        f"Run: `python benchmarks/tomo_robpicker.py{' --quick' if args.quick else ''} --seed {seed} "
-        f"--iterations {args.iterations}`. " + machine_line(),
-        f"{len(train_t)} training tomograms (noisy sphere labels), 1 validation tomogram (exact shape labels), "
+        f"Run: `python benchmarks/tomo_robpicker.py{' --quick' if args.quick else ''} --seeds {seeds_txt} "
+        f"--iterations {args.iterations} --label-noise {args.label_noise}"
+        + (f" --drop {' '.join(f'{d:g}' for d in args.drop)} --shift-voxels {args.shift_voxels:g}" if custom else "")
+        + f" --processes {args.processes}`. " + machine_line(),
+        f"Per seed: {len(train_t)} training tomograms (noisy sphere labels: "
+        + (f"{args.drop[0]:.0%} of particles missing" if len(args.drop) == 1 else
+           "missing " + ", ".join(f"{species[i][0]} {d:.0%}" for i, d in enumerate(args.drop)))
+        + f", centres shifted by 0.35 x radius{f' and {args.shift_voxels:g} voxels' if args.shift_voxels else ''} "
+        "per axis, radii x U(0.6, 1.6)), 1 validation tomogram (exact shape labels), "
         f"{len(test_t)} test tomograms, each {args.shape[2]}x{args.shape[1]}x{args.shape[0]} voxels at "
         f"{cfg.angpix:g} Å, SNR {args.snr:g}; U-Net width {args.width}, depth 4, patches {args.patch}³, batch {args.batch}, "
         f"{args.iterations} iterations, Adam lr {args.learning_rate:g}, meta lr {args.meta_lr:g}, a meta step every "
-        f"{args.meta_interval} iterations; {args.threads} CPU thread(s). F1 per species: matched within half the "
-        "species' diameter; truth counts: "
-        + ", ".join(f"{species[s - 1][0]} {v['n_truth']}" for s, v in next(iter(results.values()))[0].items())
-        + ".",
+        f"{args.meta_interval} iterations; {args.threads} CPU thread(s) per run, {args.processes} run(s) side by side. "
+        "F1 per species, matched within half the species' diameter; truth counts per seed: "
+        + ", ".join(f"{species[s - 1][0]} {v['n_truth']}" for s, v in runs[args.methods[0]][0][0].items())
+        + f". Mean ± sd over {len(args.seeds)} seed(s); picks: components of at least {args.min_fraction:g} of the "
+        "species' sphere volume.",
         "",
         header,
-        "|---" * (len(species) + 3) + "|",
+        "|---" * (n_species + 3) + "|",
     ]
-    for method, (scores, t_train, t_pick, _) in results.items():
-        lines.append(f"| {names[method]} | " + " | ".join(f"{v['f1']:.3f}" for v in scores.values())
-                     + f" | {t_train:.0f} | {t_pick:.0f} |")
-    if "plain" in results and "robpicker" in results:
-        base, full = results["plain"][0], results["robpicker"][0]
-        gains = {species[s - 1][0]: full[s]["f1"] - base[s]["f1"] for s in full}
-        lines += ["", "Gain of RobPicker over the baseline: "
-                  + ", ".join(f"{n} {g:+.3f}" for n, g in gains.items()) + "."]
-        small = [s for s in (1, 2) if s in full]
-        met = all(gains[species[s - 1][0]] >= 0.15 for s in small) and gains[species[-1][0]] >= -0.02
-        lines.append("Acceptance (tiny and small F1 >= baseline + 0.15, large not worse): "
+    for m, rs in runs.items():
+        lines.append(f"| {names[m]} | " + " | ".join(cell(f1[m][:, j]) for j in range(n_species))
+                     + f" | {np.mean([r[1] for r in rs]):.0f} | {np.mean([r[2] for r in rs]):.0f} |")
+    if "plain" in f1 and "robpicker" in f1:
+        gain = f1["robpicker"] - f1["plain"]
+        lines += ["", "Gain of RobPicker over the baseline (mean; per seed): "
+                  + ", ".join(f"{species[j][0]} {gain[:, j].mean():+.3f} ("
+                              + " ".join(f"{g:+.2f}" for g in gain[:, j]) + ")" for j in range(n_species)) + "."]
+        small = [j for j in (0, 1) if j < n_species]
+        met = all(gain[:, j].mean() >= 0.15 for j in small) and gain[:, -1].mean() >= -0.02
+        lines.append("Acceptance (mean tiny and small F1 >= baseline + 0.15, large not worse): "
                      + ("**met**." if met else "**not met** on this run."))
-        if "dr" in results and "lc" in results:
-            both = all(full[s]["f1"] > results[m][0][s]["f1"] for s in small for m in ("dr", "lc"))
-            lines.append("Both meta networks contribute (full > DR-only and > LC-only on tiny and small): "
+        if "dr" in f1 and "lc" in f1:
+            both = all(f1["robpicker"][:, j].mean() > f1[m][:, j].mean() for j in small for m in ("dr", "lc"))
+            lines.append("Both meta networks contribute (mean full > DR-only and > LC-only on tiny and small): "
                          + ("**yes**." if both else "**no** on this run."))
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_report:
-        update_section("tomo_robpicker", "## Tomogram picker: RobPicker vs plain U-Net\n\n" + text)
+        section = "tomo_robpicker" if args.label_noise == "moderate" else f"tomo_robpicker_{args.label_noise}"
+        update_section(section, f"## Tomogram picker: RobPicker vs plain U-Net ({args.label_noise} label noise)\n\n"
+                       + text)
 
 
 if __name__ == "__main__":
