@@ -166,7 +166,7 @@ def main() -> None:
         f"Per seed: {len(train_t)} training tomograms (noisy sphere labels: "
         + (f"{args.drop[0]:.0%} of particles missing" if len(args.drop) == 1 else
            "missing " + ", ".join(f"{species[i][0]} {d:.0%}" for i, d in enumerate(args.drop)))
-        + f", centres shifted by 0.35 x radius{f' and {args.shift_voxels:g} voxels' if args.shift_voxels else ''} "
+        + f", centres shifted by 0.35 x radius{f' and {args.shift_voxels:g} voxel(s)' if args.shift_voxels else ''} "
         "per axis, radii x U(0.6, 1.6)), 1 validation tomogram (exact shape labels), "
         f"{len(test_t)} test tomograms, each {args.shape[2]}x{args.shape[1]}x{args.shape[0]} voxels at "
         f"{cfg.angpix:g} Å, SNR {args.snr:g}; U-Net width {args.width}, depth 4, patches {args.patch}³, batch {args.batch}, "
