@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
+import time
+from collections.abc import Callable
 
 
 class BestEpoch:
@@ -36,3 +38,23 @@ class BestEpoch:
         else:
             self._stale += 1
         return self._stale >= self.patience
+
+    def close_epoch(
+        self,
+        model,
+        epoch: int,
+        sums: dict[str, float],
+        steps: int,
+        started: float,
+        validate: Callable | None,
+    ) -> tuple[dict, bool]:
+        """The epoch's history record (``sums`` averaged over ``steps``, the epoch, seconds since ``started``
+        and, with ``validate``, the validation score) and whether training should stop."""
+        record = {k: v / steps for k, v in sums.items()}
+        record["epoch"] = epoch
+        record["seconds"] = time.monotonic() - started
+        score = None
+        if validate is not None:
+            score = float(validate(model))
+            record["validation"] = score
+        return record, self.end_epoch(model, epoch, score)

@@ -177,14 +177,7 @@ def train_detr(
             optimiser.step()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-        record = {k: v / cfg.steps_per_epoch for k, v in sums.items()}
-        record["epoch"] = epoch
-        record["seconds"] = time.monotonic() - started
-        score = None
-        if validate is not None:
-            score = float(validate(model))
-            record["validation"] = score
-        stop = best.end_epoch(model, epoch, score)
+        record, stop = best.close_epoch(model, epoch, sums, cfg.steps_per_epoch, started, validate)
         history.append(record)
         if progress is not None:
             progress(record)
