@@ -24,9 +24,33 @@ from ..relion.coords import (
     write_coordinate_list,
     write_coordinates,
 )
-from ..relion.external import JobContext, JobFailed, OutputNode
+from ..relion.external import JobContext, JobFailed, OutputNode, Param
 from ..relion.micrographs import Micrograph, MicrographSet
 from ..relion.mrc import MrcError, read_mrc
+
+# Parameters that the PU and transformer pick jobs, and their train jobs, share (same names, defaults, units).
+PICK_JOB_COMMON_PARAMS = [
+    Param("max_picks", 0, "keep at most this many picks per micrograph, best first; 0 = all", int, minimum=0),
+    Param(
+        "border", -1.0, "no picks closer than this to the edge; -1 = half the particle diameter", float, "Å"
+    ),
+    Param("angpix", -1.0, "pixel size of the micrographs; -1 = from the optics table", float, "Å"),
+    Param("pick_name", "autopick", "suffix of the coordinate files: <micrograph>_<pick_name>.star", str),
+    Param("nr_plots", 4, "number of micrographs drawn with their picks in logfile.pdf", int, minimum=0),
+]
+
+TRAIN_JOB_COMMON_PARAMS = [
+    Param(
+        "validation_fraction",
+        0.2,
+        "share of labelled micrographs held out for validation (at least 1 when there are 2 or more)",
+        float,
+        minimum=0,
+        maximum=0.9,
+    ),
+    Param("angpix", -1.0, "pixel size of the micrographs; -1 = from the optics table", float, "Å"),
+    Param("model_name", "model.pt", "file name of the trained model in the job directory", str),
+]
 
 
 def coordinates_table(x: np.ndarray, y: np.ndarray, fom: np.ndarray) -> pd.DataFrame:

@@ -20,6 +20,7 @@ import pandas as pd
 from ..relion.external import JobContext, JobFailed, JobSpec, OutputNode, Param
 from ..relion.micrographs import Micrograph, read_micrographs
 from ._picking import (
+    PICK_JOB_COMMON_PARAMS,
     coordinate_files,
     coordinates_table,
     finish_picking,
@@ -48,13 +49,7 @@ PARAMS = [
         minimum=0,
     ),
     Param("overlap", 0.0, "overlap of neighbouring patches; 0 = one particle diameter", float, "Å", minimum=0),
-    Param("max_picks", 0, "keep at most this many picks per micrograph, best first; 0 = all", int, minimum=0),
-    Param(
-        "border", -1.0, "no picks closer than this to the edge; -1 = half the particle diameter", float, "Å"
-    ),
-    Param("angpix", -1.0, "pixel size of the micrographs; -1 = from the optics table", float, "Å"),
-    Param("pick_name", "autopick", "suffix of the coordinate files: <micrograph>_<pick_name>.star", str),
-    Param("nr_plots", 4, "number of micrographs drawn with their picks in logfile.pdf", int, minimum=0),
+    *PICK_JOB_COMMON_PARAMS,
 ]
 
 

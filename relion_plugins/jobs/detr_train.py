@@ -18,7 +18,7 @@ import numpy as np
 
 from ..relion.external import JobContext, JobFailed, JobSpec, OutputNode, Param
 from ..relion.micrographs import read_micrographs
-from ._picking import labelled_centres, read_finite_micrograph, torch_device
+from ._picking import TRAIN_JOB_COMMON_PARAMS, labelled_centres, read_finite_micrograph, torch_device
 
 SIZES = ("full", "small", "tiny")
 BACKBONES = ("", "resnet50", "resnet34", "resnet18", "resnet_small", "resnet_tiny")
@@ -107,16 +107,7 @@ PARAMS = [
     Param("epochs", 20, "maximum number of fine-tuning epochs", int, "epochs", minimum=1),
     Param("steps_per_epoch", 100, "minibatches per epoch", int, "minibatches", minimum=1),
     Param("patience", 4, "stop after this many epochs without validation F1 gain", int, "epochs", minimum=1),
-    Param(
-        "validation_fraction",
-        0.2,
-        "share of labelled micrographs held out for validation (at least 1 when there are 2 or more)",
-        float,
-        minimum=0,
-        maximum=0.9,
-    ),
-    Param("angpix", -1.0, "pixel size of the micrographs; -1 = from the optics table", float, "Å"),
-    Param("model_name", "model.pt", "file name of the trained model in the job directory", str),
+    *TRAIN_JOB_COMMON_PARAMS,
 ]
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..relion.external import JobContext, JobFailed, JobSpec, OutputNode, Param
 from ..relion.micrographs import read_micrographs
-from ._picking import labelled_centres, read_finite_micrograph, torch_device
+from ._picking import TRAIN_JOB_COMMON_PARAMS, labelled_centres, read_finite_micrograph, torch_device
 
 ARCHS = ("resnet8", "resnet16", "conv31", "conv63", "conv127")
 OBJECTIVES = ("GE-binomial", "NNPU", "PN", "GE-KL")
@@ -96,16 +96,7 @@ PARAMS = [
     Param("epochs", 10, "maximum number of epochs", int, "epochs", minimum=1),
     Param("steps_per_epoch", 200, "minibatches per epoch", int, "minibatches", minimum=1),
     Param("patience", 3, "stop after this many epochs without validation gain", int, "epochs", minimum=1),
-    Param(
-        "validation_fraction",
-        0.2,
-        "share of labelled micrographs held out for validation (at least 1 when there are 2 or more)",
-        float,
-        minimum=0,
-        maximum=0.9,
-    ),
-    Param("angpix", -1.0, "pixel size of the micrographs; -1 = from the optics table", float, "Å"),
-    Param("model_name", "model.pt", "file name of the trained model in the job directory", str),
+    *TRAIN_JOB_COMMON_PARAMS,
 ]
 
 
