@@ -173,6 +173,17 @@ def test_seeded_training_is_deterministic(two_micrographs):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("drops, epochs_run", [(0, 3), (1, 6)])
+def test_plateau_lowers_rate_before_stopping(two_micrographs, drops, epochs_run):
+    imgs, xys = two_micrographs
+    scores = iter([0.5, 0.4, 0.4, 0.6, 0.3, 0.3, 0.9])
+    cfg = TrainConfig(crop=64, steps_per_epoch=1, max_epochs=7, patience=2, lr_drops=drops, seed=5)
+    res = train_detr(imgs, xys, 16.0, cfg, "tiny", validate=lambda m: next(scores))
+    assert len(res.history) == epochs_run
+    assert [r["epoch"] for r in res.history if r.get("lr_drop")] == ([3] if drops else [])
+    assert res.best_epoch == (4 if drops else 1)
+
+
 def test_model_file_round_trip(tmp_path):
     model = build_model(TINY).eval()
     meta = {"angpix": 9.4, "diameter_A": 150.0, "normalization": {"method": "upicker"}, "crop": 128}

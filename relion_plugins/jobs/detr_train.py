@@ -106,7 +106,21 @@ PARAMS = [
     Param("minibatch", 2, "crops per minibatch", int, minimum=1),
     Param("epochs", 20, "maximum number of fine-tuning epochs", int, "epochs", minimum=1),
     Param("steps_per_epoch", 100, "minibatches per epoch", int, "minibatches", minimum=1),
-    Param("patience", 4, "stop after this many epochs without validation F1 gain", int, "epochs", minimum=1),
+    Param(
+        "patience",
+        4,
+        "after this many epochs without validation F1 gain, lower the rate or stop",
+        int,
+        "epochs",
+        minimum=1,
+    ),
+    Param(
+        "lr_drops",
+        1,
+        "times the learning rate is lowered 10x (from the best weights) on a plateau before stopping",
+        int,
+        minimum=0,
+    ),
     *TRAIN_JOB_COMMON_PARAMS,
 ]
 
@@ -222,6 +236,8 @@ def run(ctx: JobContext) -> list[OutputNode]:
     def progress_for(phase: str, total: int):
         def progress(record: dict) -> None:
             val = f", validation F1 {record['validation']:.3f}" if "validation" in record else ""
+            if record.get("lr_drop"):
+                val += "; no gain for --patience epochs: back to the best epoch, learning rate lowered 10x"
             ctx.log(
                 f" {phase} epoch {record['epoch']}/{total}: loss {record.get('loss', float('nan')):.4f}{val}"
             )
@@ -254,7 +270,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
         tr_xy = [labels[m.name] * s for m, (_, s, _) in zip(train_mics, tr)]
         va_xy = [labels[m.name] * s for m, (_, s, _) in zip(val_mics, va)]
         scorer = validation_scorer([v[0] for v in va], va_xy, diameter_px, crop, device)
-        cfg = TrainConfig(**base, max_epochs=p["epochs"], patience=p["patience"])
+        cfg = TrainConfig(**base, max_epochs=p["epochs"], patience=p["patience"], lr_drops=p["lr_drops"])
         res = train_detr([t[0] for t in tr], tr_xy, diameter_px, cfg, arch, init_state=state,
                          validate=lambda m: scorer(m)[0], progress=progress_for("fine-tuning", cfg.max_epochs),
                          check_abort=ctx.check_abort, device=device)  # fmt: skip

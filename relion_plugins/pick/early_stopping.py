@@ -39,6 +39,12 @@ class BestEpoch:
             self._stale += 1
         return self._stale >= self.patience
 
+    def restart_patience(self, model) -> None:
+        """Go back to the best weights and count patience afresh (after lowering the learning rate)."""
+        if self.validated:
+            model.load_state_dict(self.state)
+        self._stale = 0
+
     def close_epoch(
         self,
         model,

@@ -33,7 +33,8 @@ class TrainConfig:
     grad_clip: float = 0.1
     steps_per_epoch: int = 100
     max_epochs: int = 20
-    patience: int = 4  # epochs without validation F1 gain before stopping
+    patience: int = 4  # epochs without validation F1 gain before stopping (or lowering the rate)
+    lr_drops: int = 1  # on a plateau, lower the learning rate 10x this many times before stopping
     cdn: bool = True  # contrastive denoising queries
     offline_augment: bool = True  # rotations and flips added once
     offline_crops: int = 0  # random crops per micrograph added once
@@ -161,6 +162,7 @@ def train_detr(
 
     history: list[dict] = []
     best = BestEpoch(model, cfg.patience, validated=validate is not None)
+    drops_left = cfg.lr_drops if validate is not None else 0
     for epoch in range(1, cfg.max_epochs + 1):
         model.train()
         sums: dict[str, float] = {}
@@ -178,6 +180,15 @@ def train_detr(
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         record, stop = best.close_epoch(model, epoch, sums, cfg.steps_per_epoch, started, validate)
+        if stop and drops_left > 0:
+            # DETR-style step decay, triggered by the plateau rather than a fixed epoch (few labels give
+            # no epoch count to fix in advance): resume from the best weights at a tenth of the rate
+            drops_left -= 1
+            stop = False
+            for group in optimiser.param_groups:
+                group["lr"] *= 0.1
+            best.restart_patience(model)
+            record["lr_drop"] = True
         history.append(record)
         if progress is not None:
             progress(record)
