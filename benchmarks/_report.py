@@ -6,6 +6,7 @@ benchmark scripts can update the page without clobbering each other.
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 from datetime import datetime, timezone
@@ -26,11 +27,22 @@ def machine_line() -> str:
 
 
 def update_section(name: str, markdown: str, page: Path = PAGE) -> None:
-    """Replace (or append) the section ``name`` of the benchmarks page with ``markdown``."""
-    text = page.read_text() if page.exists() else HEADER
-    block = f"<!-- begin {name} -->\n{markdown.rstrip()}\n<!-- end {name} -->"
-    pattern = re.compile(rf"<!-- begin {re.escape(name)} -->.*?<!-- end {re.escape(name)} -->", re.S)
-    text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    tmp = page.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(page)
+    """Replace (or append) the section ``name`` of the benchmarks page with ``markdown``.
+
+    Benchmarks run side by side update the page one at a time (a lock file beside it), so neither
+    loses the other's section."""
+    import fcntl
+
+    page.parent.mkdir(parents=True, exist_ok=True)
+    with open(page.with_suffix(".md.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = page.read_text() if page.exists() else HEADER
+        block = f"<!-- begin {name} -->\n{markdown.rstrip()}\n<!-- end {name} -->"
+        pattern = re.compile(rf"<!-- begin {re.escape(name)} -->.*?<!-- end {re.escape(name)} -->", re.S)
+        if pattern.search(text):
+            text = pattern.sub(lambda _m: block, text)
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+        tmp = page.with_suffix(f".md.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(page)
