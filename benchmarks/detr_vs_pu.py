@@ -273,8 +273,8 @@ def report(args: argparse.Namespace, rows: list[tuple], pretrain_s: dict[str, fl
     if checks:
         lines += ["", "| acceptance direction | data | F1 | result |", "|---|---|---|---|", *checks]
         lines.append(
-            "\nOne seed and one draw of labelled micrographs; the spread between seeds was not measured, so "
-            "differences of a few hundredths in F1 may be noise."
+            "\nOne seed and one draw of labelled micrographs: `--summarise` over runs with other seeds gives "
+            "the spread (section `detr_vs_pu_seeds`)."
         )
     text = "\n".join(lines) + "\n"
     print(text, flush=True)
