@@ -6,6 +6,7 @@ benchmark scripts can update the page without clobbering each other.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import platform
 import re
@@ -31,8 +32,6 @@ def update_section(name: str, markdown: str, page: Path = PAGE) -> None:
 
     Benchmarks run side by side update the page one at a time (a lock file beside it), so neither
     loses the other's section."""
-    import fcntl
-
     page.parent.mkdir(parents=True, exist_ok=True)
     with open(page.with_suffix(".md.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -41,6 +41,7 @@ from relion_plugins.pick.model_file import load_model  # noqa: E402
 from relion_plugins.relion.coords import read_coordinate_list  # noqa: E402
 
 SUCCESS = "RELION_JOB_EXIT_SUCCESS"
+DEFAULT_SEED = 2025  # --seed when not given (the sections written without --seed)
 
 
 def labelled_subset(ds: Dataset, n: int, seed: int) -> dict[str, np.ndarray]:
@@ -163,7 +164,7 @@ def main() -> None:
     )
     parser.add_argument("--pretrain_epochs", type=int, default=4)
     parser.add_argument("--pu_steps", type=int, default=200, help="PU minibatches")
-    parser.add_argument("--seed", type=int, default=2025)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--section", default="detr_vs_pu")
     parser.add_argument(
@@ -365,7 +366,7 @@ def summarise(sections: list[str], out_section: str) -> None:
         if m is None:
             raise SystemExit(f"no section {name!r} in {PAGE}")
         seed = re.search(r"--seed (\d+)", m.group(1))
-        found.append(f"`{name}` (seed {seed.group(1) if seed else 2025})")
+        found.append(f"`{name}` (seed {seed.group(1) if seed else DEFAULT_SEED})")
         for line in m.group(1).splitlines():
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if len(cells) != 8 or not cells[1].isdigit():
