@@ -2,14 +2,20 @@
 correction (LC) and data reweighting (DR).
 
 Each meta step does a one-step unrolled ("virtual") update of the segmentation weights,
-``w' = w - lr * grad_w L_train(w, meta)``, evaluates the loss on clean, class-balanced validation patches at
-``w'`` and takes its gradient ``g = grad_w' L_val(w')``. The hypergradient of the meta parameters is then
-obtained by finite differences (as in DARTS and Meta-Weight-Net):
+``w' = w - step(grad_w L_train(w, meta))``, evaluates the loss on clean, class-balanced validation patches at
+``w'`` and takes its gradient ``g = grad_w' L_val(w')``. With ``D`` the (diagonal) derivative of the step
+with respect to the training gradient, the hypergradient of the meta parameters is obtained by finite
+differences (as in DARTS and Meta-Weight-Net):
 
-    dL_val/dmeta ~= -lr * (grad_meta L_train(w + eps g) - grad_meta L_train(w - eps g)) / (2 eps)
+    dL_val/dmeta ~= -(grad_meta L_train(w + eps D g) - grad_meta L_train(w - eps D g)) / (2 eps)
 
-with ``eps = epsilon / |g|``. The meta networks are updated with it, then the segmentation network takes its
-real step on the training loss built with the updated meta networks: the three updates alternate.
+with ``eps = epsilon / |D g|``. For plain SGD ``step(x) = lr x`` and ``D = lr``. The segmentation network is
+trained with Adam, whose real step is some 10^4 times longer than ``lr x`` (it divides by the gradient's RMS),
+so the default virtual step is the Adam step the optimiser would take (``D = lr (1 - beta1) / (1 - beta1^t) /
+(sqrt(v_t) + eps_adam)``): with an SGD virtual step the hypergradients come out near 1e-9, at the meta
+optimiser's own epsilon, and the meta networks barely learn. The meta networks are updated with the
+hypergradient, then the segmentation network takes its real step on the training loss built with the
+updated meta networks: the three updates alternate.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ class TrainConfig:
     batch: int = 4
     learning_rate: float = 1e-3  # Adam, segmentation network
     meta_lr: float = 1e-3  # Adam, meta networks
-    virtual_lr: float = 0.0  # SGD step of the unrolled update; 0 = learning_rate
+    virtual_step: str = "adam"  # the unrolled update: the optimiser's own Adam step, or "sgd"
+    virtual_lr: float = 0.0  # learning rate of an SGD virtual step; 0 = learning_rate
     epsilon: float = 0.01  # finite-difference step, relative to |grad L_val|
     meta_interval: int = 1  # a meta step every this many iterations
     val_batch: int = 4
@@ -84,39 +91,78 @@ def frozen_buffers(module: torch.nn.Module) -> Iterator[None]:
                 b.copy_(s)
 
 
+Step = Callable[[Sequence[torch.Tensor]], tuple[list[torch.Tensor], list[torch.Tensor]]]
+
+
+def sgd_step(lr: float) -> Step:
+    """The virtual step ``lr g`` of SGD and its derivative ``lr``."""
+
+    def step(grads: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return [lr * g for g in grads], [torch.full_like(g, lr) for g in grads]
+
+    return step
+
+
+def adam_step(optimiser: torch.optim.Adam, params: Sequence[torch.Tensor]) -> Step:
+    """The step ``optimiser`` (Adam, no weight decay) would take for ``params`` with the gradients given,
+    and its derivative with respect to them (the second-moment estimate taken as constant)."""
+    params = list(params)
+    group_of = {id(p): g for g in optimiser.param_groups for p in g["params"]}
+
+    def step(grads: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        moves, derivs = [], []
+        for p, g in zip(params, grads):
+            group = group_of[id(p)]
+            lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+            state = optimiser.state.get(p, {})
+            t = int(state["step"]) + 1 if "step" in state else 1
+            m = b1 * state["exp_avg"] + (1 - b1) * g if "exp_avg" in state else (1 - b1) * g
+            v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g if "exp_avg_sq" in state else (1 - b2) * g * g
+            c1, c2 = 1 - b1**t, 1 - b2**t
+            inv = 1.0 / ((v / c2).sqrt() + eps)
+            moves.append(lr * (m / c1) * inv)
+            derivs.append(lr * (1 - b1) / c1 * inv)
+        return moves, derivs
+
+    return step
+
+
 def fd_hypergradient(
     params: Sequence[torch.Tensor],
     meta_params: Sequence[torch.Tensor],
     train_loss: Callable[[], torch.Tensor],
     val_loss: Callable[[], torch.Tensor],
-    lr: float,
+    lr: float | Step,
     epsilon: float,
 ) -> tuple[list[torch.Tensor], float]:
-    """Hypergradient of ``L_val(w - lr grad_w L_train(w, meta))`` w.r.t. ``meta`` by finite differences.
+    """Hypergradient of ``L_val(w - step(grad_w L_train(w, meta)))`` w.r.t. ``meta`` by finite differences.
 
-    ``train_loss()`` / ``val_loss()`` evaluate the losses at the current values of ``params`` (they are
-    changed in place and restored). Returns one gradient per meta parameter and the value of L_val at the
-    virtual weights.
+    ``lr``: the learning rate of an SGD virtual step, or a step function (:func:`sgd_step`,
+    :func:`adam_step`). ``train_loss()`` / ``val_loss()`` evaluate the losses at the current values of
+    ``params`` (they are changed in place and restored). Returns one gradient per meta parameter and the
+    value of L_val at the virtual weights.
     """
     params = list(params)
     meta_params = list(meta_params)
+    step = sgd_step(lr) if isinstance(lr, (int, float)) else lr
     saved = [p.detach().clone() for p in params]
     try:
         g_train = torch.autograd.grad(train_loss(), params, allow_unused=True)
+        g_train = [torch.zeros_like(p) if g is None else g for p, g in zip(params, g_train)]
+        moves, derivs = step(g_train)
         with torch.no_grad():
-            for p, g in zip(params, g_train):
-                if g is not None:
-                    p.sub_(lr * g)
+            for p, move in zip(params, moves):
+                p.sub_(move)
         lv = val_loss()
         g_val = torch.autograd.grad(lv, params, allow_unused=True)
-        g_val = [torch.zeros_like(p) if g is None else g for p, g in zip(params, g_val)]
-        norm = torch.sqrt(sum((g * g).sum() for g in g_val)).item()
+        direction = [d * (torch.zeros_like(p) if g is None else g) for p, g, d in zip(params, g_val, derivs)]
+        norm = torch.sqrt(sum((u * u).sum() for u in direction)).item()
         eps = epsilon / max(norm, 1e-12)
 
         def meta_grad(sign: float) -> list[torch.Tensor]:
             with torch.no_grad():
-                for p, s, g in zip(params, saved, g_val):
-                    p.copy_(s + sign * eps * g)
+                for p, s, u in zip(params, saved, direction):
+                    p.copy_(s + sign * eps * u)
             grads = torch.autograd.grad(train_loss(), meta_params, allow_unused=True)
             return [torch.zeros_like(m) if g is None else g for m, g in zip(meta_params, grads)]
 
@@ -126,7 +172,7 @@ def fd_hypergradient(
         with torch.no_grad():
             for p, s in zip(params, saved):
                 p.copy_(s)
-    hyper = [-lr * (a - b) / (2 * eps) for a, b in zip(plus, minus)]
+    hyper = [-(a - b) / (2 * eps) for a, b in zip(plus, minus)]
     return hyper, float(lv.detach())
 
 
@@ -220,8 +266,10 @@ def train_picker(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     meta_params = [p for m in (lc, dr) if m is not None for p in m.parameters()]
     meta_opt = torch.optim.Adam(meta_params, lr=cfg.meta_lr) if meta_params else None
-    virtual_lr = cfg.virtual_lr or cfg.learning_rate
+    if cfg.virtual_step not in ("adam", "sgd"):
+        raise ValueError(f"unknown virtual step {cfg.virtual_step!r}; known: adam, sgd")
     params = [p for p in model.parameters() if p.requires_grad]
+    virtual = adam_step(opt, params) if cfg.virtual_step == "adam" else sgd_step(cfg.virtual_lr or cfg.learning_rate)
 
     fixed_val = None
     if val is not None:
@@ -264,7 +312,7 @@ def train_picker(
                     meta_params,
                     functools.partial(robust_train_loss, model, x, y, lc, dr, frozen=frozen),
                     functools.partial(_val_loss, model, xv, target_v),
-                    virtual_lr,
+                    virtual,
                     cfg.epsilon,
                 )
             meta_opt.zero_grad(set_to_none=True)
