@@ -220,6 +220,34 @@ def test_cluster_picks_drops_crumbs_smaller_than_a_fraction_of_the_species_volum
         cluster_picks(probs, 5, radii=[2.0], min_fraction=0.5)
 
 
+def test_choose_min_fraction_takes_the_floor_of_best_validation_score():
+    """Shape-sized particles (20 voxels, 0.18 of the sphere) among 5-voxel crumbs: the floor must drop the
+    crumbs and keep the particles; each floor's picks are those cluster_picks gives with that floor."""
+    from relion_plugins.pick.tomo.infer import MIN_FRACTION_GRID, choose_min_fraction
+
+    probs = np.zeros((2, 40, 40, 40), np.float32)
+    probs[0] = 0.6
+    truth = []
+    for k, c in enumerate((5, 15, 25)):
+        probs[1, c : c + 2, c : c + 2, 3:8] = 0.9  # 20 voxels
+        truth.append((5.0, c + 0.5, c + 0.5))
+        probs[1, c : c + 1, 30 : 31, 30 - k * 6 : 35 - k * 6] = 0.9  # a 5-voxel crumb
+    radii = [3.0]  # sphere 113 voxels: 0.05 -> 5.7, 0.1 -> 11.3, 0.25 -> 28.3
+    seen = {}
+
+    def score(picks) -> float:
+        seen[len(seen)] = picks
+        hits = sum(any(np.allclose(row, t) for t in truth) for row in picks[["x", "y", "z"]].to_numpy())
+        return 2 * hits / (len(picks) + len(truth))
+
+    floor, best = choose_min_fraction([probs], score, radii)
+    assert (floor, best) == (0.05, 1.0)  # 0.1 scores the same: ties go to the smaller floor
+    for i, frac in enumerate(sorted(MIN_FRACTION_GRID)):
+        direct = cluster_picks(probs, 5, radii, frac)
+        assert len(seen[i]) == len(direct) and set(seen[i]["size"]) == set(direct["size"])
+    assert [len(seen[i]) for i in range(len(seen))] == [6, 3, 3, 0, 0]
+
+
 def test_voxel_reweighting_is_relative_within_each_label_class():
     from relion_plugins.pick.tomo.bilevel import class_normalised
     from relion_plugins.pick.tomo.losses import weighted_dice_loss

@@ -73,6 +73,10 @@ def test_train_writes_model_nodes_and_log(trained: Path):
     assert (job / "logfile.pdf").read_bytes().startswith(b"%PDF")
     out = (job / "run.out").read_text()
     assert "4/4 iterations done" in out and "validating on 1" in out
+    from relion_plugins.pick.tomo.infer import MIN_FRACTION_GRID
+
+    assert mf.meta["min_fraction"] in MIN_FRACTION_GRID and 0 <= mf.meta["validation_pick_f1"] <= 1
+    assert f"components of at least {mf.meta['min_fraction']:g} of the species' sphere volume" in out
 
 
 def test_pick_writes_relion5_particles(trained: Path):
@@ -97,7 +101,10 @@ def test_pick_writes_relion5_particles(trained: Path):
     labels = dict(zip(nodes["rlnPipeLineNodeName"], nodes["rlnPipeLineNodeTypeLabel"]))
     assert labels[f"{PICK}particles.star"] == "ParticleGroupMetadata.star.relion.tomo"
     assert labels[f"{PICK}optimisation_set.star"] == "TomoOptimisationSet.star.relion.tomo"
-    assert "3/3 tomograms done" in (job / "run.out").read_text()
+    out = (job / "run.out").read_text()
+    assert "3/3 tomograms done" in out
+    floor = load_model(trained / TRAIN / "model.pt", picker="tomo").meta["min_fraction"]
+    assert f"components of at least {floor:g} of their species' sphere volume" in out  # the validated floor
     opt = read_star(job / "optimisation_set.star")[""]
     assert opt["rlnTomoTomogramsFile"] == "Tomograms/job006/tomograms.star"
     # continue: nothing left to pick, same result

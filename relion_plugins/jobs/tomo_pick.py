@@ -3,7 +3,8 @@
 Each tomogram of ``--in_mics`` (RELION 5 tomograms STAR) or ``--tomograms`` (MRC files) is segmented by the
 network over patches overlapping by ``--overlap`` voxels (probabilities averaged), the argmax map is split
 into 26-connected components per species, and each component of at least ``--min_voxels`` voxels and
-``--min_fraction`` of its species' sphere volume gives one particle at its centroid. Writes ``particles.star`` in RELION 5's particle-set format (``data_general``,
+``--min_fraction`` of its species' sphere volume (by default the floor the training job chose on its
+validation tomograms) gives one particle at its centroid. Writes ``particles.star`` in RELION 5's particle-set format (``data_general``,
 ``data_optics``, ``data_particles`` with ``rlnTomoName``, ``rlnCenteredCoordinateX/Y/ZAngst``,
 ``rlnClassNumber`` = species and ``rlnAutopickFigureOfMerit``), ``optimisation_set.star`` when the input is
 a tomograms STAR, and ``logfile.pdf`` with slices and picks. Continue runs pick only new tomograms.
@@ -24,9 +25,10 @@ PARAMS = [
     Param("overlap", 20, "overlap of neighbouring patches (probabilities are averaged)", int, "voxels", minimum=0),
     Param("min_voxels", 5, "smallest connected component (26-neighbourhood) that counts as a particle", int,
           "voxels", minimum=1),
-    Param("min_fraction", 0.25, "smallest connected component as a fraction of its species' sphere volume "
-          "(fragments at the edge of a large particle are not picks); 0 = only --min_voxels", float,
-          minimum=0, maximum=1),
+    Param("min_fraction", -1.0, "smallest connected component as a fraction of its species' sphere volume "
+          "(fragments at the edge of a large particle are not picks); 0 = only --min_voxels; -1 = the floor chosen "
+          "on the validation tomograms, stored in the model (0.25 for models without one)", float,
+          minimum=-1, maximum=1),
     Param("threshold", 0.0, "keep picks whose mean species probability is at least this", float, minimum=0,
           maximum=1),
     Param("species", "", "species to write, comma-separated numbers (e.g. 1,3); empty = all", str),
@@ -82,13 +84,15 @@ def run(ctx: JobContext) -> list[OutputNode]:
     if not wanted <= set(range(1, len(diam) + 1)):
         raise JobFailed(f"--species: the model knows species 1..{len(diam)}")
     patch = p["patch"] or int(mf.meta.get("patch", 64))
+    min_fraction = p["min_fraction"] if p["min_fraction"] >= 0 else float(mf.meta.get("min_fraction", 0.25))
     if patch % model.multiple:
         raise JobFailed(f"--patch {patch} must be a multiple of {model.multiple}")
     overlap = min(p["overlap"], patch - 1)
     device = torch_device(ctx)
     torch.set_num_threads(max(1, ctx.threads))
     model = model.to(device).eval()
-    ctx.log(f" {len(tomos)} tomograms from {source}; patch {patch}, overlap {overlap} voxels, on {device}; species "
+    ctx.log(f" {len(tomos)} tomograms from {source}; patch {patch}, overlap {overlap} voxels, on {device}; components "
+            f"of at least {min_fraction:g} of their species' sphere volume; species "
             + ", ".join(f"{i + 1} = {s['name']} ({s['diameter_A']:g} Å)" for i, s in enumerate(species)))
 
     (ctx.out_dir / PICKS_DIR).mkdir(exist_ok=True)
@@ -104,7 +108,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
         tomo = by_name[name]
         vol = read_volume(tomo)
         probs = predict_volume(model, vol, patch, overlap, device, ctx.check_abort)
-        picks = cluster_picks(probs, p["min_voxels"], radii, p["min_fraction"])
+        picks = cluster_picks(probs, p["min_voxels"], radii, min_fraction)
         picks = picks[picks["species"].isin(wanted) & (picks["score"] >= p["threshold"])].reset_index(drop=True)
         write_tomo_particles(files[name], {name: picks}, [tomo])
         ctx.mark_done(name, {"n": len(picks)})

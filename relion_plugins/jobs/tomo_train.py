@@ -188,6 +188,12 @@ def run(ctx: JobContext) -> list[OutputNode]:
     result = train_picker(train, val, n_species + 1, cfg, p["width"], depth, device,
                           progress=progress, check_abort=ctx.check_abort)
     ctx.log(f" training took {result.seconds:.1f} s; best iteration {result.best_iteration}")
+    min_fraction, val_f1, val_probs = 0.25, None, []
+    if val_vols:
+        val_probs, min_fraction, val_f1 = _validated_floor(ctx, result.model, val_vols, val_centres, radii,
+                                                           p["patch"], device)
+        ctx.log(f" picking floor chosen on the validation tomograms: components of at least {min_fraction:g} of the "
+                f"species' sphere volume (mean F1 over species {val_f1:.3f})")
 
     meta = {
         "angpix": angpix,
@@ -197,6 +203,8 @@ def run(ctx: JobContext) -> list[OutputNode]:
         "patch": p["patch"],
         "label_radius": p["label_radius"],
         "train_config": cfg.to_dict(),
+        "min_fraction": min_fraction,
+        "validation_pick_f1": val_f1,
         "history": result.history,
         "provenance": {
             "tomograms": source,
@@ -214,7 +222,8 @@ def run(ctx: JobContext) -> list[OutputNode]:
     model_path = ctx.output_path(p["model_name"])
     save_model(model_path, ModelFile("tomo", dict(result.model.config), result.model.state_dict(), meta))
     ctx.log(f" model written to {model_path}")
-    _write_logfile(ctx, result, val_vols[:1] or train_vols[:1], (val_names or train_names)[:1], p, radii, device)
+    _write_logfile(ctx, result, val_vols[:1] or train_vols[:1], (val_names or train_names)[:1], p, radii, device,
+                   val_probs[:1], min_fraction)
     return [OutputNode(p["model_name"], "model"), OutputNode("logfile.pdf", "logfile")]
 
 
@@ -226,7 +235,28 @@ def _components(labels: np.ndarray):
     return cluster_picks(onehot, min_voxels=1)
 
 
-def _write_logfile(ctx, result, vols, names, p, radii, device) -> None:
+def _validated_floor(ctx, model, vols, centres, radii, patch: int, device):
+    """Probabilities of the validation tomograms, and the component-size floor of best mean F1 on them."""
+    import pandas as pd
+
+    from ..evaluate.tomo import species_scores
+    from ..pick.tomo.infer import choose_min_fraction, predict_volume
+
+    probs = [predict_volume(model, v, patch, min(20, patch // 2), device, ctx.check_abort) for v in vols]
+    truth = pd.concat(
+        [pd.DataFrame(c[:, :4], columns=["x", "y", "z", "species"]).assign(tomo=i) for i, c in enumerate(centres)],
+        ignore_index=True,
+    )
+    match = {s + 1: max(2.0, float(r)) for s, r in enumerate(radii)}
+
+    def mean_f1(picks) -> float:
+        return float(np.mean([v["f1"] for v in species_scores(picks, truth, match).values()]))
+
+    floor, f1 = choose_min_fraction(probs, mean_f1, radii)
+    return probs, floor, f1
+
+
+def _write_logfile(ctx, result, vols, names, p, radii, device, probs_done=(), min_fraction=0.25) -> None:
     """Loss curves and the picks of the trained network on one (validation) tomogram."""
     from ..pick.tomo.infer import cluster_picks, predict_volume
     from ..plots.figures import curves_figure, write_pdf
@@ -241,9 +271,12 @@ def _write_logfile(ctx, result, vols, names, p, radii, device) -> None:
         series.append(("validation loss after the virtual step", its, [h.get("virtual_val_loss", np.nan) for h in hist]))
     pages = [curves_figure(series, f"Losses ({p['method']}; best iteration {result.best_iteration})", "iteration",
                            "loss")]
-    for vol, name in zip(vols, names):
-        probs = predict_volume(result.model, vol, p["patch"], min(20, p["patch"] // 2), device, ctx.check_abort)
-        picks = cluster_picks(probs, radii=radii, min_fraction=0.25)
+    for k, (vol, name) in enumerate(zip(vols, names)):
+        if k < len(probs_done):
+            probs = probs_done[k]
+        else:
+            probs = predict_volume(result.model, vol, p["patch"], min(20, p["patch"] // 2), device, ctx.check_abort)
+        picks = cluster_picks(probs, radii=radii, min_fraction=min_fraction)
         pages += slice_pages(vol, picks, radii, f"{name}: picks of the trained network")
     write_pdf(ctx.out_dir / "logfile.pdf", pages)
 

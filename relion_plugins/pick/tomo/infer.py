@@ -97,3 +97,33 @@ def cluster_picks(
     if not rows:
         return pd.DataFrame({k: pd.Series(dtype=float) for k in ("x", "y", "z", "species", "score", "size")})
     return pd.concat(rows, ignore_index=True)
+
+
+MIN_FRACTION_GRID = (0.0, 0.05, 0.1, 0.25, 0.5)
+
+
+def choose_min_fraction(
+    probs: Sequence[np.ndarray],
+    score: Callable[[pd.DataFrame], float],
+    radii: Sequence[float],
+    grid: Sequence[float] = MIN_FRACTION_GRID,
+    min_voxels: int = 5,
+) -> tuple[float, float]:
+    """The component-size floor (a fraction of each species' sphere volume) of best ``score`` on
+    validation tomograms, and that score.
+
+    A network trained on oversized sphere labels paints each particle as a big sphere; one that learnt the
+    particles' true shapes paints a small species with a fraction of its sphere. No fixed floor suits
+    both, so the floor is an operating point chosen on validation, as a 2D picker's score threshold.
+    ``score(picks)`` takes the picks of all ``probs`` (column ``tomo`` = index into ``probs``); ties go to
+    the smaller floor."""
+    # components do not depend on the floor: label once, then filter by size
+    every = pd.concat([cluster_picks(p, min_voxels).assign(tomo=i) for i, p in enumerate(probs)], ignore_index=True)
+    sphere = 4.0 / 3.0 * np.pi * np.asarray(radii, float) ** 3
+    best = (-np.inf, 0.0)
+    for frac in sorted(grid):
+        floor = np.maximum(float(min_voxels), frac * sphere[every["species"].to_numpy(int) - 1])
+        s = float(score(every[every["size"].to_numpy() >= floor].reset_index(drop=True)))
+        if s > best[0]:
+            best = (s, float(frac))
+    return best[1], best[0]
