@@ -65,6 +65,22 @@ def picks_of(ds: Dataset, job: str) -> dict[str, np.ndarray]:
     return {n: t[cols].to_numpy(float) for n, t in tables.items()}
 
 
+def detr_queries(ds: Dataset, args: argparse.Namespace) -> int:
+    """Decoder queries: the model size's, or ``--queries_per_particle`` x the particles a crop holds on
+    average (from the count per micrograph a user gives both pickers), rounded up to 10, if that is more.
+    A DETR needs queries to spare over the objects of an image: EMPIAR-10017's crops hold up to 54
+    particles, close to the tiny model's 60 queries."""
+    import mrcfile
+
+    from relion_plugins.pick.detr.model import PRESETS
+
+    with mrcfile.open(ds.project / ds.mics_table["rlnMicrographName"].iloc[0], header_only=True, permissive=True) as m:
+        ny, nx = int(m.header.ny), int(m.header.nx)
+    shrink = args.scaled_diameter / (ds.diameter_A / ds.angpix)
+    per_crop = expected_per_mic(ds) * args.crop**2 / (nx * ny * shrink**2)
+    return max(PRESETS[args.size].queries, int(np.ceil(args.queries_per_particle * per_crop / 10.0)) * 10)
+
+
 class Runner:
     def __init__(self, ds: Dataset, args: argparse.Namespace) -> None:
         self.ds, self.args = ds, args
@@ -74,6 +90,8 @@ class Runner:
                        "--steps_per_epoch", "100", "--seed", str(args.seed)]  # fmt: skip
         if args.backbone:
             self.common += ["--backbone", args.backbone]
+        self.queries = detr_queries(ds, args)
+        self.common += ["--queries", str(self.queries)]
         self.common += ["--denoise", args.denoise, "--equalize", args.equalize]
         self.pretrained = ""
 
@@ -163,6 +181,8 @@ def main() -> None:
         "--epochs", type=int, default=40, help="fine-tuning epochs of 100 minibatches (at most)"
     )
     parser.add_argument("--pretrain_epochs", type=int, default=4)
+    parser.add_argument("--queries_per_particle", type=float, default=5.0,
+                        help="decoder queries per expected particle in a crop (at least the model size's queries)")  # fmt: skip
     parser.add_argument("--pu_steps", type=int, default=200, help="PU minibatches")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--workdir", type=Path, default=None)
@@ -172,11 +192,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="detr_vs_pu_"))
+    args.queries_used = {}
     rows: list[tuple] = []
     pretrain_s: dict[str, float] = {}
     for key in args.datasets:
         ds = simulated(workdir, 24, 8, args.seed) if key == "sim" else empiar(workdir)
         runner = Runner(ds, args)
+        args.queries_used[ds.name] = runner.queries
         pretrain_s[ds.name] = (
             runner.pretrain() if any(p[4] for p in PLAN[key] if not args.only or p[0] in args.only) else 0.0
         )
@@ -227,7 +249,7 @@ def _describe(size: str, backbone: str = "") -> str:
     from relion_plugins.pick.detr.model import PRESETS
 
     c = PRESETS[size]
-    return f"{backbone or c.backbone} backbone, {c.dim}-d, {c.enc_layers} encoder + {c.dec_layers} decoder layers, {c.queries} queries"
+    return f"{backbone or c.backbone} backbone, {c.dim}-d, {c.enc_layers} encoder + {c.dec_layers} decoder layers"
 
 
 def _public_argv() -> list[str]:
@@ -250,6 +272,8 @@ def report(args: argparse.Namespace, rows: list[tuple], pretrain_s: dict[str, fl
         + "`. "
         + machine_line(),
         f"Reduced CPU configuration, 1 thread: transformer model size `{args.size}` ({_describe(args.size, args.backbone)}), particle {args.scaled_diameter:g} px, crops {args.crop} px, minibatch 2, "
+        f"decoder queries: the larger of the model size's and {args.queries_per_particle:g} x the expected particles per crop, rounded up to 10 ("
+        + ", ".join(f"{k}: {v}" for k, v in args.queries_used.items()) + "); "
         f"preprocessing: normalisation, denoising {args.denoise}, equalisation {args.equalize}; "
         f"AdamW lr {args.lr:g}; pretraining {args.pretrain_epochs} x 100 minibatches on all training micrographs "
         f"with A-LoG top-K pseudo-labels (K = 1.2 x the mean particle count); fine-tuning at most {args.epochs} x 100 "

@@ -110,3 +110,16 @@ def test_finetune_from_init_model(trained: Path):
     mf = load_model(trained / job / "model.pt", picker="detr")
     assert mf.meta["provenance"]["initial_weights"] == f"{TRAIN}model.pt"
     assert [h["phase"] for h in mf.meta["history"]] == ["fine-tuning"]
+    assert mf.arch["queries"] == load_model(trained / TRAIN / "model.pt", picker="detr").arch["queries"]
+
+
+def test_auto_queries_leave_room_over_the_particles_of_a_crop():
+    from relion_plugins.jobs.detr_train import auto_queries
+
+    # sparse: 80 particles on 655² px, ~7 per 192 px crop -> the model size's 60 stay
+    assert auto_queries(60, 80, [(655, 655)], 192) == (60, pytest.approx(80 * 192**2 / 655**2))
+    # dense (EMPIAR-10017-like): 650 particles on 660² px, ~55 per crop -> 5 x 55 rounded up to 10
+    n, per_crop = auto_queries(60, 650, [(660, 660), (660, 660)], 192)
+    assert per_crop == pytest.approx(650 * 192**2 / 660**2) and n == 280
+    # a micrograph smaller than the crop: the crop holds all of it
+    assert auto_queries(60, 30, [(100, 100)], 192) == (150, pytest.approx(30.0))

@@ -54,7 +54,8 @@ PARAMS = [
         str,
         choices=BACKBONES,
     ),
-    Param("queries", 0, "detection queries per patch (0 = the model size's)", int, minimum=0),
+    Param("queries", 0, "detection queries per patch (0 = the model size's, or 5 x the particles a crop holds on "
+          "average when that is more)", int, minimum=0),
     Param(
         "init_model",
         "",
@@ -125,6 +126,19 @@ PARAMS = [
 ]
 
 
+QUERIES_PER_PARTICLE = 5  # a DETR needs queries to spare over the objects in an image
+
+
+def auto_queries(preset: int, per_mic: float, image_shapes: list[tuple[int, int]], crop: int) -> tuple[int, float]:
+    """Queries for crops of ``crop`` px of micrographs of ``image_shapes`` (working pixels) holding ``per_mic``
+    particles each: ``preset``, or 5 x the particles of an average crop rounded up to 10 if more; and that
+    average. A dense data set (EMPIAR-10017: ~30 particles per 192 px crop, up to 54) would otherwise leave the
+    tiny model's 60 queries with none to spare."""
+    area = float(np.mean([h * w for h, w in image_shapes]))
+    per_crop = per_mic * min(float(crop * crop), area) / area
+    return max(int(preset), int(np.ceil(QUERIES_PER_PARTICLE * per_crop / 10.0)) * 10), per_crop
+
+
 def _architecture(p: dict):
     from ..pick.detr.model import PRESETS, DetrConfig
 
@@ -161,6 +175,14 @@ def validation_scorer(images, coords, diameter_px: float, crop: int, device):
     return score
 
 
+def _set_queries(ctx: JobContext, arch, per_mic: float, shapes, crop: int) -> None:
+    n, per_crop = auto_queries(arch.queries, per_mic, shapes, crop)
+    if n != arch.queries:
+        ctx.log(f" {n} decoder queries instead of {arch.queries}: a {crop} px crop holds about {per_crop:.0f} "
+                f"particles (--queries sets them)")
+        arch.queries = n
+
+
 def run(ctx: JobContext) -> list[OutputNode]:
 
     p = ctx.params
@@ -186,6 +208,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
             raise JobFailed(str(exc)) from None
         arch = type(arch).from_dict(init.arch)
     pretrain = p["mode"] in ("both", "pretrain") and init is None
+    auto = p["queries"] == 0 and init is None  # a model to start from fixes the queries
     labelled = [m for m in mics.items if m.name in labels and len(labels[m.name])]
     if finetune and len(labelled) < 2:
         raise JobFailed("fine-tuning needs labelled particles on at least 2 micrographs (one is held out)")
@@ -257,6 +280,8 @@ def run(ctx: JobContext) -> list[OutputNode]:
             f" pretraining on {len(imgs)} micrographs with {sum(len(c) for c in coords)} A-LoG pseudo-labels "
             f"(top {topk} per micrograph); preprocessing took {time.monotonic() - t0:.1f} s"
         )
+        if auto:
+            _set_queries(ctx, arch, topk, [im.shape for im in imgs], crop)
         cfg = TrainConfig(**base, max_epochs=p["pretrain_epochs"], patience=p["pretrain_epochs"])
         res = train_detr(imgs, coords, diameter_px, cfg, arch, progress=progress_for("pretraining", cfg.max_epochs),
                          check_abort=ctx.check_abort, device=device)  # fmt: skip
@@ -269,6 +294,8 @@ def run(ctx: JobContext) -> list[OutputNode]:
         va = [load(m) for m in val_mics]
         tr_xy = [labels[m.name] * s for m, (_, s, _) in zip(train_mics, tr)]
         va_xy = [labels[m.name] * s for m, (_, s, _) in zip(val_mics, va)]
+        if auto and state is None:
+            _set_queries(ctx, arch, n_labels / len(labelled), [t[0].shape for t in tr], crop)
         scorer = validation_scorer([v[0] for v in va], va_xy, diameter_px, crop, device)
         cfg = TrainConfig(**base, max_epochs=p["epochs"], patience=p["patience"], lr_drops=p["lr_drops"])
         res = train_detr([t[0] for t in tr], tr_xy, diameter_px, cfg, arch, init_state=state,
