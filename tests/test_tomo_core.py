@@ -67,16 +67,14 @@ def test_meta_networks():
     assert w.shape == (3, 5) and bool(((w > 0) & (w < 1)).all())
 
 
-def test_fd_hypergradient_matches_autograd_through_the_unrolled_step():
-    """The finite-difference hypergradient against exact autograd through w' = w - lr grad_w L_train."""
-    torch.manual_seed(0)
+def _toy_bilevel(seed: int):
+    """A small regression with a reweighting meta network (float64): weights, meta parameters, L_train, L_val."""
+    torch.manual_seed(seed)
     dt = torch.float64
     xs, ys = torch.randn(12, 5, dtype=dt), torch.randn(12, dtype=dt)
     xv, yv = torch.randn(7, 5, dtype=dt), torch.randn(7, dtype=dt)
     w = torch.randn(5, dtype=dt, requires_grad=True)
     meta = torch.nn.Sequential(torch.nn.Linear(1, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).to(dt)
-    meta_params = list(meta.parameters())
-    lr = 0.1
 
     def l_train(weights: torch.Tensor) -> torch.Tensor:
         res = (xs @ weights - ys) ** 2
@@ -85,6 +83,14 @@ def test_fd_hypergradient_matches_autograd_through_the_unrolled_step():
 
     def l_val(weights: torch.Tensor) -> torch.Tensor:
         return torch.log1p((xv @ weights - yv) ** 2).mean()
+
+    return w, list(meta.parameters()), l_train, l_val
+
+
+def test_fd_hypergradient_matches_autograd_through_the_unrolled_step():
+    """The finite-difference hypergradient against exact autograd through w' = w - lr grad_w L_train."""
+    w, meta_params, l_train, l_val = _toy_bilevel(0)
+    lr = 0.1
 
     # exact: differentiate through the unrolled step
     g = torch.autograd.grad(l_train(w), w, create_graph=True)[0]
@@ -103,21 +109,8 @@ def test_adam_virtual_step_is_the_optimisers_step_and_its_hypergradient_matches_
     through it (second moment held constant) matches autograd."""
     from relion_plugins.pick.tomo.bilevel import adam_step
 
-    torch.manual_seed(2)
-    dt = torch.float64
-    xs, ys = torch.randn(12, 5, dtype=dt), torch.randn(12, dtype=dt)
-    xv, yv = torch.randn(7, 5, dtype=dt), torch.randn(7, dtype=dt)
-    w = torch.randn(5, dtype=dt, requires_grad=True)
-    meta = torch.nn.Sequential(torch.nn.Linear(1, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).to(dt)
-    meta_params = list(meta.parameters())
+    w, meta_params, l_train, l_val = _toy_bilevel(2)
     opt = torch.optim.Adam([w], lr=0.05)
-
-    def l_train(weights: torch.Tensor) -> torch.Tensor:
-        res = (xs @ weights - ys) ** 2
-        return (torch.sigmoid(meta(res[:, None]))[:, 0] * res).mean()
-
-    def l_val(weights: torch.Tensor) -> torch.Tensor:
-        return torch.log1p((xv @ weights - yv) ** 2).mean()
 
     step = adam_step(opt, [w])
     for _ in range(3):  # the first step has no optimiser state, later ones do
