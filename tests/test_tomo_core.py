@@ -228,17 +228,44 @@ def test_choose_min_fraction_takes_the_floor_of_best_validation_score():
     radii = [3.0]  # sphere 113 voxels: 0.05 -> 5.7, 0.1 -> 11.3, 0.25 -> 28.3
     seen = {}
 
-    def score(picks) -> float:
+    def score(picks) -> dict[int, float]:
         seen[len(seen)] = picks
         hits = sum(any(np.allclose(row, t) for t in truth) for row in picks[["x", "y", "z"]].to_numpy())
-        return 2 * hits / (len(picks) + len(truth))
+        return {1: 2 * hits / (len(picks) + len(truth))}
 
     floor, best = choose_min_fraction([probs], score, radii)
-    assert (floor, best) == (0.05, 1.0)  # 0.1 scores the same: ties go to the smaller floor
+    assert (floor, best) == ([0.05], [1.0])  # 0.1 scores the same: ties go to the smaller floor
     for i, frac in enumerate(sorted(MIN_FRACTION_GRID)):
         direct = cluster_picks(probs, 5, radii, frac)
         assert len(seen[i]) == len(direct) and set(seen[i]["size"]) == set(direct["size"])
     assert [len(seen[i]) for i in range(len(seen))] == [6, 3, 3, 0, 0]
+
+
+def test_each_species_gets_its_own_floor():
+    """A small species segmented at its true shape (0.09 of its sphere) and a large one with a big crumb at
+    its edge (0.12 of its sphere): one floor for both loses the small particle or keeps the crumb."""
+    from relion_plugins.pick.tomo.infer import choose_min_fraction
+
+    probs = np.zeros((3, 40, 40, 40), np.float32)
+    probs[0] = 0.6
+    probs[1, 2:4, 2:3, 2:7] = 0.9  # species 1 (radius 3, sphere 113): a 10-voxel particle
+    probs[2, 10:30, 10:30, 10:30] = 0.9  # species 2 (radius 10, sphere 4189): the particle, 8000 voxels
+    probs[2, 31:39, 31:39, 31:39] = 0.9  # and a 512-voxel crumb
+    truth = {1: (4.0, 2.0, 2.5), 2: (19.5, 19.5, 19.5)}
+
+    def f1(picks) -> dict[int, float]:
+        out = {}
+        for s, t in truth.items():
+            mine = picks[picks.species == s][["x", "y", "z"]].to_numpy()
+            hits = sum(np.allclose(row, t) for row in mine)
+            out[s] = 2 * hits / (len(mine) + 1)
+        return out
+
+    floors, scores = choose_min_fraction([probs], f1, [3.0, 10.0])
+    assert floors == [0.0, 0.25] and scores == [1.0, 1.0]
+    assert sorted(cluster_picks(probs, 5, [3.0, 10.0], floors)["size"]) == [10, 8000]
+    assert sorted(cluster_picks(probs, 5, [3.0, 10.0], 0.25)["size"]) == [8000]  # one floor: the small one lost
+    assert sorted(cluster_picks(probs, 5, [3.0, 10.0], 0.05)["size"]) == [10, 512, 8000]  # or the crumb kept
 
 
 def test_voxel_reweighting_is_relative_within_each_label_class():

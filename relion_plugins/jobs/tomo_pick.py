@@ -84,7 +84,13 @@ def run(ctx: JobContext) -> list[OutputNode]:
     if not wanted <= set(range(1, len(diam) + 1)):
         raise JobFailed(f"--species: the model knows species 1..{len(diam)}")
     patch = p["patch"] or int(mf.meta.get("patch", 64))
-    min_fraction = p["min_fraction"] if p["min_fraction"] >= 0 else float(mf.meta.get("min_fraction", 0.25))
+    if p["min_fraction"] >= 0:
+        min_fraction = [p["min_fraction"]] * len(species)
+    else:  # the validated floors (one per species; models from before them: 0.25)
+        stored = mf.meta.get("min_fraction", 0.25)
+        min_fraction = [float(f) for f in stored] if isinstance(stored, list) else [float(stored)] * len(species)
+        if len(min_fraction) != len(species):
+            raise JobFailed(f"the model holds {len(min_fraction)} picking floors for {len(species)} species")
     if patch % model.multiple:
         raise JobFailed(f"--patch {patch} must be a multiple of {model.multiple}")
     overlap = min(p["overlap"], patch - 1)
@@ -92,7 +98,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
     torch.set_num_threads(max(1, ctx.threads))
     model = model.to(device).eval()
     ctx.log(f" {len(tomos)} tomograms from {source}; patch {patch}, overlap {overlap} voxels, on {device}; components "
-            f"of at least {min_fraction:g} of their species' sphere volume; species "
+            f"of at least {' / '.join(f'{f:g}' for f in min_fraction)} of their species' sphere volume; species "
             + ", ".join(f"{i + 1} = {s['name']} ({s['diameter_A']:g} Å)" for i, s in enumerate(species)))
 
     (ctx.out_dir / PICKS_DIR).mkdir(exist_ok=True)

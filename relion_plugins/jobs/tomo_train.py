@@ -188,12 +188,13 @@ def run(ctx: JobContext) -> list[OutputNode]:
     result = train_picker(train, val, n_species + 1, cfg, p["width"], depth, device,
                           progress=progress, check_abort=ctx.check_abort)
     ctx.log(f" training took {result.seconds:.1f} s; best iteration {result.best_iteration}")
-    min_fraction, val_f1, val_probs = 0.25, None, []
+    min_fraction, val_f1, val_probs = [0.25] * n_species, None, []
     if val_vols:
         val_probs, min_fraction, val_f1 = _validated_floor(ctx, result.model, val_vols, val_centres, radii,
                                                            p["patch"], device)
-        ctx.log(f" picking floor chosen on the validation tomograms: components of at least {min_fraction:g} of the "
-                f"species' sphere volume (mean F1 over species {val_f1:.3f})")
+        ctx.log(" picking floors chosen on the validation tomograms (components of at least this fraction of the "
+                "species' sphere volume): " + ", ".join(f"{n} {f:g} (F1 {v:.3f})" for n, f, v in
+                                                          zip(names, min_fraction, val_f1)))
 
     meta = {
         "angpix": angpix,
@@ -236,7 +237,7 @@ def _components(labels: np.ndarray):
 
 
 def _validated_floor(ctx, model, vols, centres, radii, patch: int, device):
-    """Probabilities of the validation tomograms, and the component-size floor of best mean F1 on them."""
+    """Probabilities of the validation tomograms, and each species' component-size floor of best F1 on them."""
     import pandas as pd
 
     from ..evaluate.tomo import species_scores
@@ -249,11 +250,11 @@ def _validated_floor(ctx, model, vols, centres, radii, patch: int, device):
     )
     match = {s + 1: max(2.0, float(r)) for s, r in enumerate(radii)}
 
-    def mean_f1(picks) -> float:
-        return float(np.mean([v["f1"] for v in species_scores(picks, truth, match).values()]))
+    def f1(picks) -> dict[int, float]:
+        return {s: v["f1"] for s, v in species_scores(picks, truth, match).items()}
 
-    floor, f1 = choose_min_fraction(probs, mean_f1, radii)
-    return probs, floor, f1
+    floors, scores = choose_min_fraction(probs, f1, radii)
+    return probs, floors, scores
 
 
 def _write_logfile(ctx, result, vols, names, p, radii, device, probs_done=(), min_fraction=0.25) -> None:

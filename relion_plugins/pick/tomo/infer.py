@@ -59,14 +59,14 @@ def cluster_picks(
     probs: np.ndarray,
     min_voxels: int = 5,
     radii: Sequence[float] | None = None,
-    min_fraction: float = 0.0,
+    min_fraction: float | Sequence[float] = 0.0,
 ) -> pd.DataFrame:
     """One pick per particle and species: the argmax label map is split into 26-connected components of
     each species (class 0 is background); components of at least ``min_voxels`` give their centroid.
 
-    With ``radii`` (voxels, one per species) a component must also fill ``min_fraction`` of its species'
-    sphere volume: a large particle's segmentation breaks up at its edges, and each crumb would otherwise
-    be a pick.
+    With ``radii`` (voxels, one per species) a component must also fill ``min_fraction`` (one value, or one
+    per species) of its species' sphere volume: a large particle's segmentation breaks up at its edges, and
+    each crumb would otherwise be a pick.
 
     Returns ``x, y, z`` (voxels), ``species``, ``score`` (mean probability of the species in the
     component) and ``size`` (voxels).
@@ -76,14 +76,15 @@ def cluster_picks(
     rows = []
     if radii is not None and len(radii) != probs.shape[0] - 1:
         raise ValueError(f"{len(radii)} radii for {probs.shape[0] - 1} species")
+    fractions = np.broadcast_to(np.asarray(min_fraction, float), (probs.shape[0] - 1,))
     for c in range(1, probs.shape[0]):
         comp, n = ndi.label(labels == c, structure=structure)
         if n == 0:
             continue
         sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
         smallest = float(min_voxels)
-        if radii is not None and min_fraction > 0:
-            smallest = max(smallest, min_fraction * 4.0 / 3.0 * np.pi * float(radii[c - 1]) ** 3)
+        if radii is not None and fractions[c - 1] > 0:
+            smallest = max(smallest, fractions[c - 1] * 4.0 / 3.0 * np.pi * float(radii[c - 1]) ** 3)
         keep = np.flatnonzero(sizes >= smallest) + 1
         if keep.size == 0:
             continue
@@ -104,26 +105,29 @@ MIN_FRACTION_GRID = (0.0, 0.05, 0.1, 0.25, 0.5)
 
 def choose_min_fraction(
     probs: Sequence[np.ndarray],
-    score: Callable[[pd.DataFrame], float],
+    score: Callable[[pd.DataFrame], dict[int, float]],
     radii: Sequence[float],
     grid: Sequence[float] = MIN_FRACTION_GRID,
     min_voxels: int = 5,
-) -> tuple[float, float]:
-    """The component-size floor (a fraction of each species' sphere volume) of best ``score`` on
-    validation tomograms, and that score.
+) -> tuple[list[float], list[float]]:
+    """The component-size floor of each species (a fraction of its sphere volume) of best score on
+    validation tomograms, and those scores.
 
     A network trained on oversized sphere labels paints each particle as a big sphere; one that learnt the
-    particles' true shapes paints a small species with a fraction of its sphere. No fixed floor suits
-    both, so the floor is an operating point chosen on validation, as a 2D picker's score threshold.
-    ``score(picks)`` takes the picks of all ``probs`` (column ``tomo`` = index into ``probs``); ties go to
-    the smaller floor."""
+    particles' true shapes paints a small species with a fraction of its sphere, and a large one's edges
+    break into crumbs. No fixed floor suits all, so the floor is an operating point chosen on validation,
+    as a 2D picker's score threshold. ``score(picks)`` takes the picks of all ``probs`` (column ``tomo`` =
+    index into ``probs``) and gives each species' score (e.g. F1); a species' picks depend only on its own
+    floor, so each species gets the floor of its best score; ties go to the smaller floor."""
+    n_species = len(radii)
     # components do not depend on the floor: label once, then filter by size
     every = pd.concat([cluster_picks(p, min_voxels).assign(tomo=i) for i, p in enumerate(probs)], ignore_index=True)
     sphere = 4.0 / 3.0 * np.pi * np.asarray(radii, float) ** 3
-    best = (-np.inf, 0.0)
+    best_score, best_frac = [-np.inf] * n_species, [0.0] * n_species
     for frac in sorted(grid):
         floor = np.maximum(float(min_voxels), frac * sphere[every["species"].to_numpy(int) - 1])
-        s = float(score(every[every["size"].to_numpy() >= floor].reset_index(drop=True)))
-        if s > best[0]:
-            best = (s, float(frac))
-    return best[1], best[0]
+        scores = score(every[every["size"].to_numpy() >= floor].reset_index(drop=True))
+        for s in range(1, n_species + 1):
+            if scores[s] > best_score[s - 1]:
+                best_score[s - 1], best_frac[s - 1] = float(scores[s]), float(frac)
+    return best_frac, best_score
