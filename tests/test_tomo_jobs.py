@@ -75,8 +75,10 @@ def test_train_writes_model_nodes_and_log(trained: Path):
     assert "4/4 iterations done" in out and "validating on 1" in out
     from relion_plugins.pick.tomo.infer import MIN_FRACTION_GRID
 
-    assert mf.meta["min_fraction"] in MIN_FRACTION_GRID and 0 <= mf.meta["validation_pick_f1"] <= 1
-    assert f"components of at least {mf.meta['min_fraction']:g} of the species' sphere volume" in out
+    floors, f1 = mf.meta["min_fraction"], mf.meta["validation_pick_f1"]
+    assert len(floors) == len(f1) == 2 and set(floors) <= set(MIN_FRACTION_GRID) and all(0 <= v <= 1 for v in f1)
+    assert f"picking floors chosen on the validation tomograms (components of at least this fraction of the " \
+           f"species' sphere volume): tiny {floors[0]:g} (F1 {f1[0]:.3f}), big {floors[1]:g}" in out
 
 
 def test_pick_writes_relion5_particles(trained: Path):
@@ -103,8 +105,8 @@ def test_pick_writes_relion5_particles(trained: Path):
     assert labels[f"{PICK}optimisation_set.star"] == "TomoOptimisationSet.star.relion.tomo"
     out = (job / "run.out").read_text()
     assert "3/3 tomograms done" in out
-    floor = load_model(trained / TRAIN / "model.pt", picker="tomo").meta["min_fraction"]
-    assert f"components of at least {floor:g} of their species' sphere volume" in out  # the validated floor
+    floors = load_model(trained / TRAIN / "model.pt", picker="tomo").meta["min_fraction"]
+    assert f"components of at least {floors[0]:g} / {floors[1]:g} of their species' sphere volume" in out
     opt = read_star(job / "optimisation_set.star")[""]
     assert opt["rlnTomoTomogramsFile"] == "Tomograms/job006/tomograms.star"
     # continue: nothing left to pick, same result
@@ -171,3 +173,12 @@ def test_bad_inputs_fail_cleanly(trained: Path, capsys, monkeypatch):
     assert not (trained / "External/job034/model.pt").exists()
     assert "--diameters" in fails("External/job036/", "tomo_train", [*tomograms, "--in_parts",
                                                                       "Picks/job009/particles.star"])
+    # a model whose stored picking floors do not match its species
+    from relion_plugins.pick.model_file import save_model
+
+    mf = load_model(trained / TRAIN / "model.pt", picker="tomo")
+    mf.meta["min_fraction"] = [0.1]
+    save_model(bad / "floors.pt", mf)
+    assert "1 picking floors for 2 species" in fails(
+        "External/job037/", "tomo_pick", ["--in_mics", "Tomograms/job006/tomograms.star", "--model", "bad/floors.pt"]
+    )
