@@ -38,6 +38,8 @@ PARAMS = [
     Param("learning_rate", 1e-3, "Adam learning rate of the U-Net", float, minimum=0),
     Param("meta_lr", 1e-3, "Adam learning rate of the meta networks", float, minimum=0),
     Param("meta_interval", 1, "one meta (bi-level) step every this many iterations", int, "iterations", minimum=1),
+    Param("virtual_step", "adam", "the one-step unrolled update of a meta step: the U-Net's own Adam step, or a plain "
+          "SGD step of learning_rate (the meta networks then learn far more slowly)", str, choices=("adam", "sgd")),
     Param("epsilon", 0.01, "finite-difference step of the hypergradient, relative to |grad L_val|", float, minimum=1e-8),
     Param("eval_every", 100, "validation loss (and best-checkpoint choice) every this many iterations", int,
           "iterations", minimum=1),
@@ -175,7 +177,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
     torch.set_num_threads(max(1, ctx.threads))
     cfg = TrainConfig(
         method=p["method"], iterations=p["iterations"], batch=p["batch"], learning_rate=p["learning_rate"],
-        meta_lr=p["meta_lr"], meta_interval=p["meta_interval"], epsilon=p["epsilon"], eval_every=p["eval_every"],
+        meta_lr=p["meta_lr"], meta_interval=p["meta_interval"], virtual_step=p["virtual_step"], epsilon=p["epsilon"], eval_every=p["eval_every"],
         seed=p["seed"],
     )
 
