@@ -31,7 +31,12 @@ from _report import machine_line, update_section  # noqa: E402
 from relion_plugins.evaluate.tomo import species_scores  # noqa: E402
 from relion_plugins.pick.tomo.bilevel import TrainConfig, train_picker  # noqa: E402
 from relion_plugins.pick.tomo.data import PatchSampler  # noqa: E402
-from relion_plugins.pick.tomo.infer import cluster_picks, predict_volume  # noqa: E402
+from relion_plugins.pick.tomo.infer import (  # noqa: E402
+    MIN_FRACTION_GRID,
+    choose_min_fraction,
+    cluster_picks,
+    predict_volume,
+)
 from relion_plugins.simulate.tomogram import TomogramConfig, noisy_sphere_labels, simulate_tomogram  # noqa: E402
 
 METHODS = (("plain", "U-Net, plain (baseline)"), ("dr", "DR only"), ("lc", "LC only"), ("robpicker", "RobPicker (LC + DR)"))
@@ -61,6 +66,10 @@ def simulate(args, seed: int):
     return cfg, train_t, val_t, test_t, noisy
 
 
+def fmt_floor(floor) -> str:
+    return "/".join(f"{f:g}" for f in floor) if isinstance(floor, list) else f"{floor:g}"
+
+
 def run_method(method: str, seed: int, args) -> tuple:
     """Train one method on the data simulated for ``seed`` and score its picks on the test tomograms."""
     import pandas as pd
@@ -76,9 +85,21 @@ def run_method(method: str, seed: int, args) -> tuple:
     val = PatchSampler([val_t.volume], [val_t.shape_labels], [centres(val_t.particles)], args.patch,
                        np.random.default_rng(seed + 1), class_balanced=True)
     tc = TrainConfig(method=method, iterations=args.iterations, batch=args.batch, learning_rate=args.learning_rate,
-                     meta_lr=args.meta_lr, meta_interval=args.meta_interval,
+                     meta_lr=args.meta_lr, meta_interval=args.meta_interval, virtual_step=args.virtual_step,
                      eval_every=max(1, args.iterations // 8), eval_patches=8, seed=seed)
     res = train_picker(train, val, len(species) + 1, tc, width=args.width, depth=4)
+    floor = args.min_fraction
+    if floor is None:  # the operating point of each method, chosen on the validation tomogram
+        val_truth = val_t.particles.assign(tomo=0)
+
+        def f1(picks) -> dict[int, float]:
+            return {s: v["f1"] for s, v in species_scores(picks, val_truth, radii).items()}
+
+        val_probs = predict_volume(res.model, val_t.volume, patch=48, overlap=16)
+        if args.save_probs:
+            args.save_probs.mkdir(parents=True, exist_ok=True)
+            np.save(args.save_probs / f"{method}_{seed}_val.npy", val_probs.astype(np.float16))
+        floor, _ = choose_min_fraction([val_probs], f1, radius_list)
     t1 = time.monotonic()
     picks = []
     for i, t in enumerate(test_t):
@@ -86,13 +107,13 @@ def run_method(method: str, seed: int, args) -> tuple:
         if args.save_probs:
             args.save_probs.mkdir(parents=True, exist_ok=True)
             np.save(args.save_probs / f"{method}_{seed}_{i}.npy", probs.astype(np.float16))
-        picks.append(cluster_picks(probs, 5, radius_list, args.min_fraction).assign(tomo=i))
+        picks.append(cluster_picks(probs, 5, radius_list, floor).assign(tomo=i))
     t_pick = time.monotonic() - t1
     scores = species_scores(pd.concat(picks, ignore_index=True), truth_all, radii)
     print(f"seed {seed}, {dict(METHODS)[method]}: train {res.seconds:.0f} s (best iteration {res.best_iteration}), pick {t_pick:.0f} s; "
-          "F1 " + ", ".join(f"{species[s - 1][0]} {v['f1']:.3f} ({v['n_picks']} picks / {v['n_truth']})"
-                            for s, v in scores.items()), flush=True)
-    return scores, res.seconds, t_pick, res.best_iteration
+          f"size floors {fmt_floor(floor)}; F1 " + ", ".join(f"{species[s - 1][0]} {v['f1']:.3f} ({v['n_picks']} picks / {v['n_truth']})"
+                                                  for s, v in scores.items()), flush=True)
+    return scores, res.seconds, t_pick, res.best_iteration, floor
 
 
 def main() -> None:
@@ -120,8 +141,12 @@ def main() -> None:
                         help="share of particles missing from the training labels: one value or one per species")
     parser.add_argument("--shift-voxels", type=float,
                         help="absolute clicking error of the label centres (Gaussian per axis, voxels)")
-    parser.add_argument("--min-fraction", type=float, default=0.25,
-                        help="smallest picked component as a fraction of its species' sphere volume")
+    parser.add_argument("--min-fraction", type=float,
+                        help="smallest picked component as a fraction of its species' sphere volume; default: each "
+                             "method's best on the validation tomogram")
+    parser.add_argument("--virtual-step", choices=("adam", "sgd"), default="adam",
+                        help="the unrolled update of the meta step: the optimiser's Adam step or a plain SGD step")
+    parser.add_argument("--section", help="section of docs/benchmarks.md to write (default from --label-noise)")
     parser.add_argument("--save-probs", type=Path, help="keep each method's class probabilities of the test tomograms here")
     parser.add_argument("--no-report", action="store_true", help="do not write docs/benchmarks.md")
     args = parser.parse_args()
@@ -156,7 +181,8 @@ def main() -> None:
     def cell(values: np.ndarray) -> str:
         return f"{values.mean():.3f}" + (f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else "")
 
-    header = "| method | " + " | ".join(f"{n} ({d:g} Å) F1" for n, d in species) + " | train s | pick s |"
+    header = ("| method | " + " | ".join(f"{n} ({d:g} Å) F1" for n, d in species) + " | train s | pick s |"
+              + (" size floors |" if args.min_fraction is None else ""))
     seeds_txt = " ".join(str(s) for s in args.seeds)
     lines = [
         f"Run: `python benchmarks/tomo_robpicker.py{' --quick' if args.quick else ''} --seeds {seeds_txt} "
@@ -174,15 +200,19 @@ def main() -> None:
         f"{args.meta_interval} iterations; {args.threads} CPU thread(s) per run, {args.processes} run(s) side by side. "
         "F1 per species, matched within half the species' diameter; truth counts per seed: "
         + ", ".join(f"{species[s - 1][0]} {v['n_truth']}" for s, v in runs[args.methods[0]][0][0].items())
-        + f". Mean ± sd over {len(args.seeds)} seed(s); picks: components of at least {args.min_fraction:g} of the "
-        "species' sphere volume.",
+        + f". Mean ± sd over {len(args.seeds)} seed(s); picks: connected components of at least "
+        + (f"{args.min_fraction:g} of the species' sphere volume" if args.min_fraction is not None else
+           "a fraction of the species' sphere volume chosen per run and species on the validation tomogram from "
+           + ", ".join(f"{g:g}" for g in MIN_FRACTION_GRID) + " (the `size floors` column: tiny/small/medium/large per seed)")
+        + f"; {'Adam' if args.virtual_step == 'adam' else 'SGD'} virtual step in the meta (bi-level) updates.",
         "",
         header,
-        "|---" * (n_species + 3) + "|",
+        "|---" * (n_species + 3 + (args.min_fraction is None)) + "|",
     ]
     for m, rs in runs.items():
         lines.append(f"| {names[m]} | " + " | ".join(cell(f1[m][:, j]) for j in range(n_species))
-                     + f" | {np.mean([r[1] for r in rs]):.0f} | {np.mean([r[2] for r in rs]):.0f} |")
+                     + f" | {np.mean([r[1] for r in rs]):.0f} | {np.mean([r[2] for r in rs]):.0f} |"
+                     + (" " + ", ".join(fmt_floor(r[4]) for r in rs) + " |" if args.min_fraction is None else ""))
     if "plain" in f1 and "robpicker" in f1:
         gain = f1["robpicker"] - f1["plain"]
         lines += ["", "Gain of RobPicker over the baseline (mean; per seed): "
@@ -199,7 +229,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_report:
-        section = "tomo_robpicker" if args.label_noise == "moderate" else f"tomo_robpicker_{args.label_noise}"
+        section = args.section or ("tomo_robpicker" if args.label_noise == "moderate" else f"tomo_robpicker_{args.label_noise}")
         update_section(section, f"## Tomogram picker: RobPicker vs plain U-Net ({args.label_noise} label noise)\n\n"
                        + text)
 
