@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--min-fraction", type=float,
                         help="smallest picked component as a fraction of its species' sphere volume; default: each "
                              "method's best on the validation tomogram")
-    parser.add_argument("--virtual-step", choices=("adam", "sgd"), default="adam",
+    parser.add_argument("--virtual-step", choices=("adam", "sgd"), default="sgd",
                         help="the unrolled update of the meta step: the optimiser's Adam step or a plain SGD step")
     parser.add_argument("--section", help="section of docs/benchmarks.md to write (default from --label-noise)")
     parser.add_argument("--save-probs", type=Path, help="keep each method's class probabilities of the test tomograms here")

@@ -124,11 +124,11 @@ def test_train_with_exact_label_maps_in_process(trained: Path, monkeypatch):
     monkeypatch.chdir(trained)
     job = "External/job040/"
     args = ["--o", job, "--in_mics", "Tomograms/job006/tomograms.star", "--in_parts", "Picks/job009/particles.star",
-            "--val_label_maps", "Labels/*.mrc", "--diameters", "60 150", "--method", "lc", "--virtual_step", "sgd",
+            "--val_label_maps", "Labels/*.mrc", "--diameters", "60 150", "--method", "lc", "--virtual_step", "adam",
             *TINY, "--j", "1"]
     assert ext.launch("tomo_train", args) == 0
     mf = load_model(trained / job / "model.pt", picker="tomo")
-    assert mf.meta["train_config"]["method"] == "lc" and mf.meta["train_config"]["virtual_step"] == "sgd"
+    assert mf.meta["train_config"]["method"] == "lc" and mf.meta["train_config"]["virtual_step"] == "adam"
     assert mf.meta["provenance"]["validation_tomograms"] == ["TS_03"]
     assert mf.meta["provenance"]["train_tomograms"] == ["TS_01", "TS_02"]
     assert all("alpha" in h for h in mf.meta["history"])

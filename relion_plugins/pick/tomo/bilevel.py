@@ -11,9 +11,11 @@ differences (as in DARTS and Meta-Weight-Net):
 
 with ``eps = epsilon / |D g|``. For plain SGD ``step(x) = lr x`` and ``D = lr``. The segmentation network is
 trained with Adam, whose real step is some 10^4 times longer than ``lr x`` (it divides by the gradient's RMS),
-so the default virtual step is the Adam step the optimiser would take (``D = lr (1 - beta1) / (1 - beta1^t) /
-(sqrt(v_t) + eps_adam)``): with an SGD virtual step the hypergradients come out near 1e-9, at the meta
-optimiser's own epsilon, and the meta networks barely learn. The meta networks are updated with the
+and with an SGD virtual step the hypergradients come out near 1e-9, at the meta optimiser's own epsilon: the
+meta networks barely learn. ``virtual_step="adam"`` takes the Adam step the optimiser would take instead
+(``D = lr (1 - beta1) / (1 - beta1^t) / (sqrt(v_t) + eps_adam)``), and the meta networks then learn in
+earnest; on the benchmark (docs/benchmarks.md, tomo_robpicker) that cost the tiny and small species 0.1-0.2
+F1, so SGD stays the default. The meta networks are updated with the
 hypergradient, then the segmentation network takes its real step on the training loss built with the
 updated meta networks: the three updates alternate.
 """
@@ -46,7 +48,7 @@ class TrainConfig:
     batch: int = 4
     learning_rate: float = 1e-3  # Adam, segmentation network
     meta_lr: float = 1e-3  # Adam, meta networks
-    virtual_step: str = "adam"  # the unrolled update: the optimiser's own Adam step, or "sgd"
+    virtual_step: str = "sgd"  # the unrolled update: "sgd" (lr * grad) or the optimiser's own "adam" step
     virtual_lr: float = 0.0  # learning rate of an SGD virtual step; 0 = learning_rate
     epsilon: float = 0.01  # finite-difference step, relative to |grad L_val|
     meta_interval: int = 1  # a meta step every this many iterations
