@@ -72,13 +72,14 @@ def detr_queries(ds: Dataset, args: argparse.Namespace) -> int:
     particles, close to the tiny model's 60 queries."""
     import mrcfile
 
+    from relion_plugins.jobs.detr_train import auto_queries
     from relion_plugins.pick.detr.model import PRESETS
 
     with mrcfile.open(ds.project / ds.mics_table["rlnMicrographName"].iloc[0], header_only=True, permissive=True) as m:
         ny, nx = int(m.header.ny), int(m.header.nx)
     shrink = args.scaled_diameter / (ds.diameter_A / ds.angpix)
-    per_crop = expected_per_mic(ds) * args.crop**2 / (nx * ny * shrink**2)
-    return max(PRESETS[args.size].queries, int(np.ceil(args.queries_per_particle * per_crop / 10.0)) * 10)
+    return auto_queries(PRESETS[args.size].queries, expected_per_mic(ds), [(ny * shrink, nx * shrink)], args.crop,
+                        args.queries_per_particle)[0]  # fmt: skip
 
 
 class Runner:

@@ -129,14 +129,17 @@ PARAMS = [
 QUERIES_PER_PARTICLE = 5  # a DETR needs queries to spare over the objects in an image
 
 
-def auto_queries(preset: int, per_mic: float, image_shapes: list[tuple[int, int]], crop: int) -> tuple[int, float]:
+def auto_queries(
+    preset: int, per_mic: float, image_shapes: list[tuple[int, int]], crop: int,
+    per_particle: float = QUERIES_PER_PARTICLE,
+) -> tuple[int, float]:  # fmt: skip
     """Queries for crops of ``crop`` px of micrographs of ``image_shapes`` (working pixels) holding ``per_mic``
-    particles each: ``preset``, or 5 x the particles of an average crop rounded up to 10 if more; and that
-    average. A dense data set (EMPIAR-10017: ~30 particles per 192 px crop, up to 54) would otherwise leave the
+    particles each: ``preset``, or ``per_particle`` x the particles of an average crop rounded up to 10 if
+    more; and that average. A dense data set (EMPIAR-10017: ~30 particles per 192 px crop, up to 54) would otherwise leave the
     tiny model's 60 queries with none to spare."""
     area = float(np.mean([h * w for h, w in image_shapes]))
     per_crop = per_mic * min(float(crop * crop), area) / area
-    return max(int(preset), int(np.ceil(QUERIES_PER_PARTICLE * per_crop / 10.0)) * 10), per_crop
+    return max(int(preset), int(np.ceil(per_particle * per_crop / 10.0)) * 10), per_crop
 
 
 def _architecture(p: dict):

@@ -55,6 +55,13 @@ def predict_volume(
     return probs[:, : shape[0], : shape[1], : shape[2]]
 
 
+def size_floors(min_voxels: int, radii: Sequence[float], min_fraction: float | Sequence[float]) -> np.ndarray:
+    """The smallest component (voxels) that counts as a particle of each species: ``min_voxels``, or
+    ``min_fraction`` (one value, or one per species) of the species' sphere volume if that is more."""
+    fractions = np.broadcast_to(np.asarray(min_fraction, float), (len(radii),))
+    return np.maximum(float(min_voxels), fractions * 4.0 / 3.0 * np.pi * np.asarray(radii, float) ** 3)
+
+
 def cluster_picks(
     probs: np.ndarray,
     min_voxels: int = 5,
@@ -76,15 +83,13 @@ def cluster_picks(
     rows = []
     if radii is not None and len(radii) != probs.shape[0] - 1:
         raise ValueError(f"{len(radii)} radii for {probs.shape[0] - 1} species")
-    fractions = np.broadcast_to(np.asarray(min_fraction, float), (probs.shape[0] - 1,))
+    floors = size_floors(min_voxels, radii, min_fraction) if radii is not None else None
     for c in range(1, probs.shape[0]):
         comp, n = ndi.label(labels == c, structure=structure)
         if n == 0:
             continue
         sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
-        smallest = float(min_voxels)
-        if radii is not None and fractions[c - 1] > 0:
-            smallest = max(smallest, fractions[c - 1] * 4.0 / 3.0 * np.pi * float(radii[c - 1]) ** 3)
+        smallest = float(min_voxels) if floors is None else floors[c - 1]
         keep = np.flatnonzero(sizes >= smallest) + 1
         if keep.size == 0:
             continue
@@ -122,10 +127,10 @@ def choose_min_fraction(
     n_species = len(radii)
     # components do not depend on the floor: label once, then filter by size
     every = pd.concat([cluster_picks(p, min_voxels).assign(tomo=i) for i, p in enumerate(probs)], ignore_index=True)
-    sphere = 4.0 / 3.0 * np.pi * np.asarray(radii, float) ** 3
+    species = every["species"].to_numpy(int) - 1
     best_score, best_frac = [-np.inf] * n_species, [0.0] * n_species
     for frac in sorted(grid):
-        floor = np.maximum(float(min_voxels), frac * sphere[every["species"].to_numpy(int) - 1])
+        floor = size_floors(min_voxels, radii, frac)[species]
         scores = score(every[every["size"].to_numpy() >= floor].reset_index(drop=True))
         for s in range(1, n_species + 1):
             if scores[s] > best_score[s - 1]:
