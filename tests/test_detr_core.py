@@ -195,3 +195,36 @@ def test_model_file_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x)["logits"], again(x)["logits"])
     assert mf.arch["name"] == "detr-resnet_tiny" and mf.angpix == pytest.approx(9.4)
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (37, 52)])
+def test_view_points_map_back_to_the_image(shape):
+    from relion_plugins.pick.detr.predict import points_from_view, view_of
+
+    rng = np.random.default_rng(len(shape) + shape[1])
+    for _ in range(5):
+        y, x = int(rng.integers(shape[0])), int(rng.integers(shape[1]))
+        img = np.zeros(shape, np.float32)
+        img[y, x] = 1
+        for k in range(8):
+            v = view_of(img, k)
+            vy, vx = np.unravel_index(np.argmax(v), v.shape)
+            bx, by = points_from_view(np.array([vx]), np.array([vy]), shape, k)
+            assert (bx[0], by[0]) == (x, y), (k, shape)
+    assert len({view_of(np.arange(12.0).reshape(3, 4), k).tobytes() for k in range(8)}) == 8
+
+
+def test_fuse_views_averages_over_views():
+    from relion_plugins.pick.detr.predict import fuse_views
+
+    a = (np.array([10.0, 50.0, 52.0]), np.array([10.0, 50.0, 50.0]), np.array([0.9, 0.9, 0.2]))
+    b = (np.array([11.0]), np.array([10.0]), np.array([0.6]))
+    c = (np.array([9.0, 80.0]), np.array([12.0, 80.0]), np.array([0.3, 0.1]))
+    x, y, s = fuse_views([a, b, c], radius=5.0)
+    # the particle seen in every view; noise seen in one; a second detection of a's view is not fused into
+    # the first (one per view); the lone detection of the last view
+    assert s == pytest.approx([0.6, 0.3, 0.2 / 3, 0.1 / 3])
+    assert (x[0], y[0]) == pytest.approx(((9 + 6.6 + 2.7) / 1.8, (9 + 6 + 3.6) / 1.8))
+    assert (x[1], y[1]) == (50.0, 50.0) and (x[2], y[2]) == (52.0, 50.0) and (x[3], y[3]) == (80.0, 80.0)
+    empty = (np.zeros(0), np.zeros(0), np.zeros(0))
+    assert all(len(v) == 0 for v in fuse_views([empty, empty], 3.0))

@@ -48,6 +48,9 @@ def test_train_writes_model_and_nodes(trained: Path):
     assert mf.meta["angpix"] == pytest.approx(150 / 16)
     assert mf.meta["preprocess"]["equalize"] == "clahe" and mf.meta["crop"] == 128
     assert 0 <= mf.meta["threshold"] <= 1
+    assert set(mf.meta["thresholds"]) == {"1", "4", "8"} and mf.meta["thresholds"]["1"] == mf.meta["threshold"]
+    assert all(0 <= t <= 1 for t in mf.meta["thresholds"].values())
+    assert set(mf.meta["validation_f1_views"]) == {"1", "4", "8"}
     phases = [h["phase"] for h in mf.meta["history"]]
     assert phases == ["pretraining", "fine-tuning", "fine-tuning"]
     assert mf.meta["provenance"]["initial_weights"] == "A-LoG pretraining"
@@ -56,6 +59,7 @@ def test_train_writes_model_and_nodes(trained: Path):
     assert (job / "logfile.pdf").read_bytes().startswith(b"%PDF")
     out = (job / "run.out").read_text()
     assert "A-LoG pseudo-labels" in out and "fine-tuning epoch 2/2" in out
+    assert "with test-time augmentation: 1 views validation F1" in out
 
 
 def test_pick_outputs_and_continue(trained: Path):
@@ -77,6 +81,24 @@ def test_pick_outputs_and_continue(trained: Path):
     assert run_pick(trained, extra=("--threshold", "0.05")) == ext.SUCCESS
     assert "4 micrographs already picked" in (job / "run.out").read_text()
     assert (job / "autopick.star").read_text() == before
+
+
+def test_pick_views_use_their_own_validated_threshold(trained: Path):
+    job = "External/job012/"
+    assert run_pick(trained, job, ("--tta", "1")) == ext.SUCCESS
+    mf = load_model(trained / TRAIN / "model.pt", picker="detr")
+    out = (trained / job / "run.out").read_text()
+    assert f"1 view(s) each; threshold {mf.meta['thresholds']['1']:.3g}" in out
+    one = read_coordinate_list(trained / job / "autopick.star", trained)
+    job = "External/job013/"
+    assert run_pick(trained, job, ("--tta", "8", "--threshold", "0")) == ext.SUCCESS
+    assert "8 view(s) each; threshold 0," in (trained / job / "run.out").read_text()
+    eight = read_coordinate_list(trained / job / "autopick.star", trained)
+    assert sum(len(t) for t in eight.values()) >= sum(len(t) for t in one.values())
+    job = "External/job014/"
+    assert run_external_like_relion(trained, job, "rp-detr-pick", ["--in_mics", MICS, "--model",
+                                    f"{TRAIN}model.pt", "--tta", "3"]) == ext.FAILURE  # fmt: skip
+    assert "--tta: '3' is not one of 1, 4, 8" in (trained / job / "run.err").read_text()
 
 
 def test_pick_bad_model(trained: Path):

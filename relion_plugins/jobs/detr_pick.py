@@ -4,8 +4,10 @@ Each micrograph of ``--in_mics`` is downsampled and preprocessed as the model's 
 (normalisation, bilateral denoising, histogram equalisation), split into overlapping patches of the
 training crop size (so that dense micrographs never have more particles per patch than the network has
 queries), detected patch by patch, and the detections merged; a distance NMS within ``--radius`` Å is
-optional. The figure of merit is the detector's score; picks below ``--threshold`` are dropped (default:
-the threshold of best validation F1 stored in the model). Continue runs pick only new micrographs.
+optional. With ``--tta 4`` or ``8`` (test-time augmentation) the detector also sees the micrograph rotated
+(and mirrored) and a pick's score is its mean over the views. The figure of merit is the detector's score;
+picks below ``--threshold`` are dropped (default: the threshold of best validation F1 stored in the model
+for that number of views). Continue runs pick only new micrographs.
 Outputs as the other pick jobs: coordinate files mirroring the micrograph tree, ``autopick.star`` (and
 the legacy ``coords_suffix_autopick.star``), output nodes and ``logfile.pdf``.
 """
@@ -38,6 +40,15 @@ PARAMS = [
         float,
         minimum=-1,
         maximum=1,
+    ),
+    Param(
+        "tta",
+        "4",
+        "test-time augmentation: the detector sees 1, 4 (90° rotations) or 8 (rotations of the micrograph and "
+        "of its mirror) views of each micrograph; a pick scores its mean over them (4 and 8 take 4x and 8x as long)",
+        str,
+        "views",
+        choices=("1", "4", "8"),
     ),
     Param("nms", True, "remove picks closer than --radius to a better one (duplicates at patch seams)", bool),
     Param(
@@ -87,14 +98,21 @@ def run(ctx: JobContext) -> list[OutputNode]:
     model.to(device).eval()
     pre = PreprocessConfig.from_dict(mf.meta.get("preprocess"))
     crop = int(mf.meta.get("crop", 256))
-    threshold = float(mf.meta.get("threshold", 0.5)) if p["threshold"] < 0 else p["threshold"]
+    views = int(p["tta"])
+    validated = mf.meta.get("thresholds") or {}
+    threshold = float(validated.get(str(views), mf.meta.get("threshold", 0.5)))
+    if p["threshold"] >= 0:
+        threshold = p["threshold"]
+    elif views > 1 and str(views) not in validated:
+        ctx.log(f" the model has no threshold validated with {views} views (trained before test-time "
+                "augmentation): its single-view one is used, which may pick too few")  # fmt: skip
     diameter_A = mf.diameter_A
     radius_A = p["radius"] or 0.6 * diameter_A
     overlap_A = p["overlap"] or diameter_A
     border_A = 0.5 * diameter_A if p["border"] < 0 else p["border"]
     ctx.log(
         f" {len(mics)} micrographs at {angpix:g} Å/px, detected at {model_angpix:.3g} Å/px in {crop} px patches on "
-        f"{device}; threshold {threshold:.3g}, NMS {'radius ' + format(radius_A, 'g') + ' Å' if p['nms'] else 'off'}"
+        f"{device}, {views} view(s) each; threshold {threshold:.3g}, NMS {'radius ' + format(radius_A, 'g') + ' Å' if p['nms'] else 'off'}"
     )
 
     def pick_one(mic: Micrograph) -> pd.DataFrame:
@@ -105,7 +123,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
         s = 0.5 * (sx + sy)
         x, y, score = detect(
             model, prepared, crop, overlap=int(math.ceil(overlap_A / (angpix * s))), device=device,
-            min_score=threshold, nms_radius=radius_A / (angpix * s) if p["nms"] else None,
+            min_score=threshold, nms_radius=radius_A / (angpix * s) if p["nms"] else None, views=views,
         )  # fmt: skip
         x, y = x * sx, y * sy
         b = border_A / angpix

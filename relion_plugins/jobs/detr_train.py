@@ -6,7 +6,7 @@ micrographs (labels from ``--in_parts``, a particles STAR, or ``--in_coords``, `
 ``manualpick.star``; 5-50 micrographs are enough). ``--mode`` runs either phase alone; ``--init_model``
 starts fine-tuning from an earlier job's model instead of pretraining again. A share of the labelled
 micrographs is held out: the validation F1 after each epoch drives early stopping and sets the score
-threshold the pick job uses by default. Writes ``model.pt`` (weights, pixel size, diameter, preprocessing,
+threshold the pick job uses by default (one per test-time augmentation it offers). Writes ``model.pt`` (weights, pixel size, diameter, preprocessing,
 threshold, provenance) and ``logfile.pdf``.
 """
 
@@ -156,8 +156,9 @@ def _architecture(p: dict):
     return arch
 
 
-def validation_scorer(images, coords, diameter_px: float, crop: int, device):
-    """``model -> (best F1, its score threshold)`` on held-out prepared images (pooled over them)."""
+def validation_scorer(images, coords, diameter_px: float, crop: int, device, views: int = 1):
+    """``model -> (best F1, its score threshold)`` on held-out prepared images (pooled over them), the
+    detector seeing ``views`` views of each (test-time augmentation, see :func:`detect`)."""
     from ..evaluate.matching import best_f1, precision_recall_curve
     from ..pick.detr.predict import detect
 
@@ -167,7 +168,7 @@ def validation_scorer(images, coords, diameter_px: float, crop: int, device):
         xy, sc, truth = [], [], []
         for k, (im, c) in enumerate(zip(images, coords)):
             x, y, s = detect(model, im, crop, overlap=int(np.ceil(diameter_px)), device=device,
-                             nms_radius=0.6 * diameter_px)  # fmt: skip
+                             nms_radius=0.6 * diameter_px, views=views)  # fmt: skip
             xy.append(np.stack([x + 1e5 * k, y], 1))
             sc.append(s)
             truth.append(np.asarray(c).reshape(-1, 2) + [1e5 * k, 0])
@@ -198,6 +199,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
 
     import torch
 
+    from ..pick.detr.predict import VIEWS
     from ..pick.detr.preprocess import PreprocessConfig, prepare
     from ..pick.detr.train import TrainConfig, pseudo_labels, train_detr
     from ..pick.model_file import ModelFile, ModelFileError, load_model, save_model
@@ -292,6 +294,8 @@ def run(ctx: JobContext) -> list[OutputNode]:
         ctx.log(f" pretraining took {res.seconds:.1f} s")
     threshold = 0.5
     best_f1 = float("nan")
+    view_thresholds: dict[str, float] = {}  # views -> validated threshold (rp-detr-pick --tta)
+    view_f1: dict[str, float] = {}
     if finetune:
         tr = [load(m) for m in train_mics]
         va = [load(m) for m in val_mics]
@@ -310,6 +314,14 @@ def run(ctx: JobContext) -> list[OutputNode]:
             f" fine-tuning took {res.seconds:.1f} s; best epoch {res.best_epoch}, validation F1 {best_f1:.3f} at "
             f"score {threshold:.3f}; started from {started_from} weights"
         )
+        # averaged over views, scores shift: each test-time augmentation the pick job offers gets its own
+        for views in VIEWS:
+            ctx.check_abort()
+            f1, thr = (best_f1, threshold) if views == 1 else validation_scorer(
+                [v[0] for v in va], va_xy, diameter_px, crop, device, views=views)(model)  # fmt: skip
+            view_thresholds[str(views)], view_f1[str(views)] = thr, f1
+        ctx.log(" with test-time augmentation: " + ", ".join(
+            f"{k} views validation F1 {view_f1[k]:.3f} at score {view_thresholds[k]:.3f}" for k in view_f1))  # fmt: skip
     elif not pretrain:
         raise JobFailed("--mode pretrain with --init_model: nothing to do")
 
@@ -321,6 +333,8 @@ def run(ctx: JobContext) -> list[OutputNode]:
         "crop": crop,
         "threshold": threshold,
         "validation_f1": best_f1,
+        "thresholds": view_thresholds,
+        "validation_f1_views": view_f1,
         "train_config": base
         | {"epochs": p["epochs"], "pretrain_epochs": p["pretrain_epochs"], "mode": p["mode"]},
         "history": history,
