@@ -107,13 +107,11 @@ def detr_queries(ds: Dataset, args: argparse.Namespace) -> int:
 
 def validated_threshold(ds: Dataset, mf, views: int) -> float:
     """The score threshold rp-detr-pick uses with ``--tta views``: stored by rp-detr-train, or, for a model
-    trained before it stored one per view count (``--reuse_training``), found as rp-detr-train finds it:
-    best F1 on the model's validation micrographs, with the same scorer."""
+    trained before it stored one per view count by the current rule (``--reuse_training``), found as
+    rp-detr-train now finds it, with the same scorer on the model's validation micrographs."""
     stored = mf.meta.get("thresholds") or {}
     if str(views) in stored:
         return float(stored[str(views)])
-    if views == 1:
-        return float(mf.meta["threshold"])
     import mrcfile
 
     from relion_plugins.jobs.detr_train import validation_scorer

@@ -59,7 +59,7 @@ def test_train_writes_model_and_nodes(trained: Path):
     assert (job / "logfile.pdf").read_bytes().startswith(b"%PDF")
     out = (job / "run.out").read_text()
     assert "A-LoG pseudo-labels" in out and "fine-tuning epoch 2/2" in out
-    assert "with test-time augmentation: 1 views validation F1" in out
+    assert " 4 view(s): validation F1" in out and "pick threshold" in out
 
 
 def test_pick_outputs_and_continue(trained: Path):

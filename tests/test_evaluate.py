@@ -211,3 +211,18 @@ def test_match_micrograph_names_ambiguous():
     with pytest.raises(ValueError, match="not unique"):
         match_micrograph_names(["x/a.mrc", "y/a.mrc"], ["a"])
     assert match_micrograph_names(["x/a.mrc"], ["z/a.tif", "z/b.tif"]) == ({"z/a.tif": "x/a.mrc"}, "basename")
+
+
+def test_smoothed_threshold_avoids_a_sharp_peak_at_a_cliff():
+    n_kept = np.array([10, 70, 90, 100, 110, 200])
+    tp = np.array([10, 65, 66, 70, 80, 85])
+    curve = M.PRCurve(np.array([0.9, 0.6, 0.55, 0.5, 0.3, 0.2]), tp / n_kept, tp / 100, tp, n_kept, 100)
+    # F1 is 0.765 on (0.55, 0.6] next to 0.18 above it; 0.762 on the broad (0.2, 0.3]
+    assert M.best_f1(curve) == pytest.approx((130 / 170, 0.6))
+    thr, f1 = M.smoothed_best_threshold(curve, 0.05)
+    assert 0.2 < thr <= 0.3 and f1 == pytest.approx(160 / 210)
+    thr, f1 = M.smoothed_best_threshold(curve, 0.0)
+    assert 0.55 < thr <= 0.6 and f1 == pytest.approx(130 / 170)
+    empty = M.PRCurve(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), 5)
+    thr, f1 = M.smoothed_best_threshold(empty, 0.05)
+    assert math.isnan(thr) and f1 == 0.0

@@ -156,15 +156,20 @@ def _architecture(p: dict):
     return arch
 
 
+THRESHOLD_HALFWIDTH = 0.05  # the pick threshold: best mean validation F1 over +- this (smoothed_best_threshold)
+
+
 def validation_scorer(images, coords, diameter_px: float, crop: int, device, views: int = 1):
-    """``model -> (best F1, its score threshold)`` on held-out prepared images (pooled over them), the
-    detector seeing ``views`` views of each (test-time augmentation, see :func:`detect`)."""
-    from ..evaluate.matching import best_f1, precision_recall_curve
+    """``model -> (best F1, pick threshold, F1 at that threshold)`` on held-out prepared images (pooled over
+    them), the detector seeing ``views`` views of each (test-time augmentation, see :func:`detect`). The
+    best F1 measures the model (early stopping); the threshold is the one of best F1 averaged over
+    +-:data:`THRESHOLD_HALFWIDTH`, which transfers better to other micrographs than the sharp maximum."""
+    from ..evaluate.matching import best_f1, precision_recall_curve, smoothed_best_threshold
     from ..pick.detr.predict import detect
 
     radius = 0.5 * diameter_px
 
-    def score(model) -> tuple[float, float]:
+    def score(model) -> tuple[float, float, float]:
         xy, sc, truth = [], [], []
         for k, (im, c) in enumerate(zip(images, coords)):
             x, y, s = detect(model, im, crop, overlap=int(np.ceil(diameter_px)), device=device,
@@ -173,8 +178,8 @@ def validation_scorer(images, coords, diameter_px: float, crop: int, device, vie
             sc.append(s)
             truth.append(np.asarray(c).reshape(-1, 2) + [1e5 * k, 0])
         curve = precision_recall_curve(np.concatenate(xy), np.concatenate(sc), np.concatenate(truth), radius)
-        f1, thr = best_f1(curve)
-        return float(f1), float(thr)
+        thr, f1_there = smoothed_best_threshold(curve, THRESHOLD_HALFWIDTH)
+        return float(best_f1(curve)[0]), thr, f1_there
 
     return score
 
@@ -309,19 +314,19 @@ def run(ctx: JobContext) -> list[OutputNode]:
                          validate=lambda m: scorer(m)[0], progress=progress_for("fine-tuning", cfg.max_epochs),
                          check_abort=ctx.check_abort, device=device)  # fmt: skip
         model = res.model
-        best_f1, threshold = scorer(model)
+        best_f1, threshold, f1_there = scorer(model)
         ctx.log(
-            f" fine-tuning took {res.seconds:.1f} s; best epoch {res.best_epoch}, validation F1 {best_f1:.3f} at "
-            f"score {threshold:.3f}; started from {started_from} weights"
+            f" fine-tuning took {res.seconds:.1f} s; best epoch {res.best_epoch}, validation F1 {best_f1:.3f}; "
+            f"started from {started_from} weights"
         )
         # averaged over views, scores shift: each test-time augmentation the pick job offers gets its own
         for views in VIEWS:
             ctx.check_abort()
-            f1, thr = (best_f1, threshold) if views == 1 else validation_scorer(
+            f1, thr, there = (best_f1, threshold, f1_there) if views == 1 else validation_scorer(
                 [v[0] for v in va], va_xy, diameter_px, crop, device, views=views)(model)  # fmt: skip
             view_thresholds[str(views)], view_f1[str(views)] = thr, f1
-        ctx.log(" with test-time augmentation: " + ", ".join(
-            f"{k} views validation F1 {view_f1[k]:.3f} at score {view_thresholds[k]:.3f}" for k in view_f1))  # fmt: skip
+            ctx.log(f" {views} view(s): validation F1 {f1:.3f} at best; pick threshold {thr:.3f} (best F1 averaged "
+                    f"over +-{THRESHOLD_HALFWIDTH:g}), F1 {there:.3f} there")  # fmt: skip
     elif not pretrain:
         raise JobFailed("--mode pretrain with --init_model: nothing to do")
 
