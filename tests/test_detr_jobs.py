@@ -127,9 +127,10 @@ def test_finetune_from_init_model(trained: Path):
     """--init_model skips pretraining and fine-tunes the earlier job's network."""
     job = "External/job024/"
     args = ["--in_mics", MICS, "--in_coords", "truth/truth.star", "--diameter", "150", *TINY]
-    args += ["--epochs", "1", "--init_model", f"{TRAIN}model.pt"]
+    args += ["--epochs", "1", "--init_model", f"{TRAIN}model.pt", "--lambda_p", "0.7", "--lambda_n", "1.5"]
     assert run_external_like_relion(trained, job, "rp-detr-train", args) == ext.SUCCESS
     mf = load_model(trained / job / "model.pt", picker="detr")
+    assert (mf.arch["lambda_p"], mf.arch["lambda_n"], mf.arch["lambda_l"]) == (0.7, 1.5, 0.5)  # not the init's
     assert mf.meta["provenance"]["initial_weights"] == f"{TRAIN}model.pt"
     assert [h["phase"] for h in mf.meta["history"]] == ["fine-tuning"]
     assert mf.arch["queries"] == load_model(trained / TRAIN / "model.pt", picker="detr").arch["queries"]

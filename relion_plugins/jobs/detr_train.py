@@ -216,7 +216,8 @@ def run(ctx: JobContext) -> list[OutputNode]:
             init = load_model(ctx.project_dir / p["init_model"], picker="detr")
         except ModelFileError as exc:
             raise JobFailed(str(exc)) from None
-        arch = type(arch).from_dict(init.arch)
+        # the network is the earlier model's; the denoising noise only shapes training: the user's holds
+        arch = type(arch).from_dict(init.arch | {k: p[k] for k in ("lambda_l", "lambda_p", "lambda_n")})
     pretrain = p["mode"] in ("both", "pretrain") and init is None
     auto = p["queries"] == 0 and init is None  # a model to start from fixes the queries
     labelled = [m for m in mics.items if m.name in labels and len(labels[m.name])]
