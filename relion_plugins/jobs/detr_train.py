@@ -71,7 +71,7 @@ PARAMS = [
         "particles",
         minimum=0,
     ),
-    Param("pretrain_epochs", 5, "pretraining epochs", int, "epochs", minimum=1),
+    Param("pretrain_epochs", 20, "pretraining epochs (of --steps_per_epoch minibatches)", int, "epochs", minimum=1),
     Param("cdn", True, "contrastive denoising queries in training", bool),
     Param("lambda_l", 0.5, "denoising label-noise rate", float, minimum=0, maximum=1),
     Param(
