@@ -6,8 +6,8 @@ training crop size (so that dense micrographs never have more particles per patc
 queries), detected patch by patch, and the detections merged; a distance NMS within ``--radius`` Å is
 optional. With ``--tta 4`` or ``8`` (test-time augmentation) the detector also sees the micrograph rotated
 (and mirrored) and a pick's score is its mean over the views. The figure of merit is the detector's score;
-picks below ``--threshold`` are dropped (default: the threshold of best validation F1 stored in the model
-for that number of views). Continue runs pick only new micrographs.
+picks below ``--threshold`` are dropped (default: the threshold the train job validated for that number of
+views, stored in the model). Continue runs pick only new micrographs.
 Outputs as the other pick jobs: coordinate files mirroring the micrograph tree, ``autopick.star`` (and
 the legacy ``coords_suffix_autopick.star``), output nodes and ``logfile.pdf``.
 """
@@ -36,7 +36,7 @@ PARAMS = [
     Param(
         "threshold",
         -1.0,
-        "keep picks whose detector score is at least this; -1 = the model's (best F1 on its validation micrographs)",
+        "keep picks whose detector score is at least this; -1 = the model's (validated for the --tta views)",
         float,
         minimum=-1,
         maximum=1,
