@@ -116,6 +116,19 @@ def run_method(method: str, seed: int, args) -> tuple:
     return scores, res.seconds, t_pick, res.best_iteration, floor
 
 
+def _run_args() -> list[str]:
+    """The command line as given, less what does not change the figures (where probabilities are kept)."""
+    out, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--save-probs":
+            skip = True
+        elif not a.startswith("--save-probs=") and a != "--no-report":
+            out.append(a)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[2026, 2027, 2028],
@@ -153,7 +166,6 @@ def main() -> None:
     if args.quick:
         args.iterations, args.shape, args.train_tomograms, args.test_tomograms = 20, (48, 64, 64), 1, 1
     preset = NOISE[args.label_noise]
-    custom = args.drop is not None or args.shift_voxels is not None
     args.drop = args.drop if args.drop is not None else preset["drop"]
     args.shift_voxels = args.shift_voxels if args.shift_voxels is not None else preset["shift_voxels"]
     t0 = time.monotonic()
@@ -183,12 +195,8 @@ def main() -> None:
 
     header = ("| method | " + " | ".join(f"{n} ({d:g} Å) F1" for n, d in species) + " | train s | pick s |"
               + (" size floors |" if args.min_fraction is None else ""))
-    seeds_txt = " ".join(str(s) for s in args.seeds)
     lines = [
-        f"Run: `python benchmarks/tomo_robpicker.py{' --quick' if args.quick else ''} --seeds {seeds_txt} "
-        f"--iterations {args.iterations} --label-noise {args.label_noise}"
-        + (f" --drop {' '.join(f'{d:g}' for d in args.drop)} --shift-voxels {args.shift_voxels:g}" if custom else "")
-        + f" --processes {args.processes}`. " + machine_line(),
+        f"Run: `python benchmarks/tomo_robpicker.py {' '.join(_run_args())}`. " + machine_line(),
         f"Per seed: {len(train_t)} training tomograms (noisy sphere labels: "
         + (f"{args.drop[0]:.0%} of particles missing" if len(args.drop) == 1 else
            "missing " + ", ".join(f"{species[i][0]} {d:.0%}" for i, d in enumerate(args.drop)))
