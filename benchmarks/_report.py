@@ -27,6 +27,20 @@ def machine_line() -> str:
     )
 
 
+def run_args(argv: list[str], with_value: tuple[str, ...] = (), flags: tuple[str, ...] = ()) -> list[str]:
+    """A benchmark's command line for its "Run:" line, less the options that do not change the figures:
+    ``with_value`` (dropped with their value, e.g. a work directory) and ``flags``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in with_value:
+            skip = True
+        elif a not in flags and not any(a.startswith(o + "=") for o in with_value):
+            out.append(a)
+    return out
+
+
 def update_section(name: str, markdown: str, page: Path = PAGE) -> None:
     """Replace (or append) the section ``name`` of the benchmarks page with ``markdown``.
 

@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import machine_line, update_section  # noqa: E402
+from _report import machine_line, run_args, update_section  # noqa: E402
 from pu_vs_topaz import Dataset, empiar, expected_per_mic, score, simulated, write_labels  # noqa: E402
 
 from relion_plugins.cli import run_external_like_relion  # noqa: E402
@@ -306,23 +306,10 @@ def _describe(size: str, backbone: str = "") -> str:
     return f"{backbone or c.backbone} backbone, {c.dim}-d, {c.enc_layers} encoder + {c.dec_layers} decoder layers"
 
 
-def _public_argv() -> list[str]:
-    """The command line without ``--workdir DIR`` (a temporary path says nothing about the run)."""
-    out, skip = [], False
-    for a in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif a == "--workdir":
-            skip = True
-        else:
-            out.append(a)
-    return out
-
-
 def report(args: argparse.Namespace, rows: list[tuple], pretrain_s: dict[str, float]) -> None:
     lines = [
         "Run: `nice -n 10 python benchmarks/detr_vs_pu.py "
-        + " ".join(a for a in _public_argv())
+        + " ".join(run_args(sys.argv[1:], with_value=("--workdir",)))  # a temporary path says nothing
         + "`. "
         + machine_line(),
         f"Reduced CPU configuration, 1 thread: transformer model size `{args.size}` ({_describe(args.size, args.backbone)}), particle {args.scaled_diameter:g} px, crops {args.crop} px, minibatch 2, "

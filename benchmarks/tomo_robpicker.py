@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import machine_line, update_section  # noqa: E402
+from _report import machine_line, run_args, update_section  # noqa: E402
 
 from relion_plugins.evaluate.tomo import species_scores  # noqa: E402
 from relion_plugins.pick.tomo.bilevel import TrainConfig, train_picker  # noqa: E402
@@ -116,19 +116,6 @@ def run_method(method: str, seed: int, args) -> tuple:
     return scores, res.seconds, t_pick, res.best_iteration, floor
 
 
-def _run_args() -> list[str]:
-    """The command line as given, less what does not change the figures (where probabilities are kept)."""
-    out, skip = [], False
-    for a in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif a == "--save-probs":
-            skip = True
-        elif not a.startswith("--save-probs=") and a != "--no-report":
-            out.append(a)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[2026, 2027, 2028],
@@ -195,8 +182,9 @@ def main() -> None:
 
     header = ("| method | " + " | ".join(f"{n} ({d:g} Å) F1" for n, d in species) + " | train s | pick s |"
               + (" size floors |" if args.min_fraction is None else ""))
+    command = " ".join(run_args(sys.argv[1:], with_value=("--save-probs",), flags=("--no-report",)))
     lines = [
-        f"Run: `python benchmarks/tomo_robpicker.py {' '.join(_run_args())}`. " + machine_line(),
+        f"Run: `python benchmarks/tomo_robpicker.py {command}`. " + machine_line(),
         f"Per seed: {len(train_t)} training tomograms (noisy sphere labels: "
         + (f"{args.drop[0]:.0%} of particles missing" if len(args.drop) == 1 else
            "missing " + ", ".join(f"{species[i][0]} {d:.0%}" for i, d in enumerate(args.drop)))
