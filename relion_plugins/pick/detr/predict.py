@@ -97,20 +97,19 @@ def detect(
     nms_radius: float | None = None,
     batch: int = 4,
     views: int = 1,
-    fuse_radius: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(x, y, score)`` of the particles in a prepared image (its pixels), best first.
 
     ``score`` is the detector's probability (with ``views`` 4 or 8: its mean over the views, fused within
-    ``fuse_radius`` px, by default half the model's anchor, i.e. half a particle diameter); ``nms_radius``
-    (px): no two picks closer, None = no NMS."""
+    half the model's anchor, i.e. half a particle diameter); ``nms_radius`` (px): no two picks closer,
+    None = no NMS."""
     if views not in VIEWS:
         raise ValueError(f"views must be one of {VIEWS}, not {views}")
     img = np.asarray(image, dtype=np.float32)
     if views == 1:
         x, y, s = _detect_view(model, img, patch, overlap, device, min_score, batch)
     else:
-        radius = fuse_radius if fuse_radius is not None else 0.5 * float(model.config.anchor_px)
+        radius = 0.5 * float(model.config.anchor_px)
         per_view = []
         for k in range(views):
             vx, vy, vs = _detect_view(model, view_of(img, k), patch, overlap, device, 0.0, batch)
