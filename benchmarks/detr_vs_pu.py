@@ -6,7 +6,7 @@ micrographs, so its "20" uses all 14):
 * with contrastive denoising (CDN) vs without (fine-tuning without CDN from the same pretrained weights),
 * hybrid augmentation vs none (5 labelled micrographs),
 * the transformer picker vs the PU picker (rp-pu-train / rp-pu-pick) on the same labelled micrographs.
-Ablations run on the simulated set; on EMPIAR-10017 the full method, fine-tune only (5) and PU.
+The same rows on both data sets.
 
 Scored against all true particles of held-out test micrographs (simulated: 8 never used in training or
 pretraining; EMPIAR: the 6 of the LoG / PU benchmarks): AUPR, F1 at each picker's own operating point
@@ -201,8 +201,11 @@ PLAN = {  # dataset -> (tag, labelled micrographs, picker, extra args, from pret
     "empiar": [
         ("full5", 5, "detr: pretrain + fine-tune, CDN, hybrid aug.", [], True),
         ("ft5", 5, "detr: fine-tune only", [], False),
+        ("noaug5", 5, "detr: pretrain + fine-tune, no augmentation", ["--augment", "none"], True),
         ("pu5", 5, "PU (PN)", None, None),
         ("full20", 20, "detr: pretrain + fine-tune, CDN, hybrid aug.", [], True),
+        ("ft20", 20, "detr: fine-tune only", [], False),
+        ("nocdn20", 20, "detr: pretrain + fine-tune without CDN", ["--cdn", "No"], True),
         ("pu20", 20, "PU (PN)", None, None),
     ],
 }
