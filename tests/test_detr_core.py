@@ -165,6 +165,24 @@ def test_tiny_config_learns_two_micrographs(two_micrographs):
     assert res.best_score > 0.45, res.history  # about 0.55 after 150 minibatches; untrained: < 0.15
 
 
+def test_one_eight_view_pass_serves_one_four_and_eight_views(two_micrographs):
+    """Validation scores 1, 4 and 8 views from one pass (detect_views): its first views must give what
+    detect gives for fewer views."""
+    from relion_plugins.pick.detr.predict import detect, detect_views, finish_detections
+
+    imgs, xys = two_micrographs
+    model = train_detr(imgs, xys, 16.0, TrainConfig(crop=64, steps_per_epoch=3, max_epochs=1, seed=2), "tiny").model
+    img = imgs[0][:200, :160]  # not square: views 1 and 3 swap the axes
+    passes = detect_views(model, img, 64, 8, overlap=16)
+    floor = float(np.median(passes[0][2]))  # an untrained model's scores are low: cut inside them
+    for views in (1, 4, 8):
+        want = detect(model, img, 64, overlap=16, nms_radius=6.0, min_score=floor, views=views)
+        got = finish_detections(passes[:views], img.shape, model.config.anchor_px, floor, 6.0)
+        assert len(want[0]) > 0
+        for a, b in zip(want, got):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_seeded_training_is_deterministic(two_micrographs):
     imgs, xys = two_micrographs
     cfg = TrainConfig(crop=64, steps_per_epoch=3, max_epochs=1, seed=5)

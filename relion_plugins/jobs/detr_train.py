@@ -164,22 +164,41 @@ def validation_scorer(images, coords, diameter_px: float, crop: int, device, vie
     them), the detector seeing ``views`` views of each (test-time augmentation, see :func:`detect`). The
     best F1 measures the model (early stopping); the threshold is the one of best F1 averaged over
     +-:data:`THRESHOLD_HALFWIDTH`, which transfers better to other micrographs than the sharp maximum."""
+    score_all = validation_scorer_by_views(images, coords, diameter_px, crop, device, (views,))
+    return lambda model: score_all(model)[views]
+
+
+def validation_scorer_by_views(images, coords, diameter_px: float, crop: int, device, views=None):
+    """As :func:`validation_scorer`, for each view count in ``views`` (default: all the pick job offers)
+    at once: ``model -> {views: (best F1, threshold, F1 there)}``. The detector runs once over the most
+    views asked for; fewer views are its first ones (:func:`detect_views`)."""
     from ..evaluate.matching import best_f1, precision_recall_curve, smoothed_best_threshold
-    from ..pick.detr.predict import detect
+    from ..pick.detr.predict import VIEWS, detect_views, finish_detections
+
+    views = tuple(views or VIEWS)
 
     radius = 0.5 * diameter_px
 
-    def score(model) -> tuple[float, float, float]:
-        xy, sc, truth = [], [], []
-        for k, (im, c) in enumerate(zip(images, coords)):
-            x, y, s = detect(model, im, crop, overlap=int(np.ceil(diameter_px)), device=device,
-                             nms_radius=0.6 * diameter_px, views=views)  # fmt: skip
-            xy.append(np.stack([x + 1e5 * k, y], 1))
-            sc.append(s)
-            truth.append(np.asarray(c).reshape(-1, 2) + [1e5 * k, 0])
-        curve = precision_recall_curve(np.concatenate(xy), np.concatenate(sc), np.concatenate(truth), radius)
-        thr, f1_there = smoothed_best_threshold(curve, THRESHOLD_HALFWIDTH)
-        return float(best_f1(curve)[0]), thr, f1_there
+    def score(model) -> dict[int, tuple[float, float, float]]:
+        passes = [
+            detect_views(model, im, crop, max(views), overlap=int(np.ceil(diameter_px)), device=device)
+            for im in images
+        ]
+        out = {}
+        for n in views:
+            xy, sc, truth = [], [], []
+            for k, (im, c, per_view) in enumerate(zip(images, coords, passes)):
+                x, y, s = finish_detections(per_view[:n], im.shape, model.config.anchor_px,
+                                            nms_radius=0.6 * diameter_px)  # fmt: skip
+                xy.append(np.stack([x + 1e5 * k, y], 1))
+                sc.append(s)
+                truth.append(np.asarray(c).reshape(-1, 2) + [1e5 * k, 0])
+            curve = precision_recall_curve(
+                np.concatenate(xy), np.concatenate(sc), np.concatenate(truth), radius
+            )
+            thr, f1_there = smoothed_best_threshold(curve, THRESHOLD_HALFWIDTH)
+            out[n] = (float(best_f1(curve)[0]), thr, f1_there)
+        return out
 
     return score
 
@@ -315,16 +334,16 @@ def run(ctx: JobContext) -> list[OutputNode]:
                          validate=lambda m: scorer(m)[0], progress=progress_for("fine-tuning", cfg.max_epochs),
                          check_abort=ctx.check_abort, device=device)  # fmt: skip
         model = res.model
-        best_f1, threshold, f1_there = scorer(model)
+        ctx.check_abort()
+        by_views = validation_scorer_by_views([v[0] for v in va], va_xy, diameter_px, crop, device)(model)
+        best_f1, threshold, f1_there = by_views[1]
         ctx.log(
             f" fine-tuning took {res.seconds:.1f} s; best epoch {res.best_epoch}, validation F1 {best_f1:.3f}; "
             f"started from {started_from} weights"
         )
         # averaged over views, scores shift: each test-time augmentation the pick job offers gets its own
         for views in VIEWS:
-            ctx.check_abort()
-            f1, thr, there = (best_f1, threshold, f1_there) if views == 1 else validation_scorer(
-                [v[0] for v in va], va_xy, diameter_px, crop, device, views=views)(model)  # fmt: skip
+            f1, thr, there = by_views[views]
             view_thresholds[str(views)], view_f1[str(views)] = thr, f1
             ctx.log(f" {views} view(s): validation F1 {f1:.3f} at best; pick threshold {thr:.3f} (best F1 averaged "
                     f"over +-{THRESHOLD_HALFWIDTH:g}), F1 {there:.3f} there")  # fmt: skip

@@ -85,7 +85,57 @@ def fuse_views(
     return fx[order], fy[order], fs[order]
 
 
-@torch.inference_mode()
+def detect_views(
+    model: ParticleDETR,
+    image: np.ndarray,
+    patch: int,
+    views: int,
+    *,
+    overlap: int = 32,
+    device: str | torch.device = "cpu",
+    batch: int = 4,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The unfused ``(x, y, score)`` of each of the first ``views`` views (:func:`view_of`) of a prepared
+    image, in the image's own pixels, best first. The first 4 of 8 views are the 4-view set and the first
+    the image itself, so one pass over 8 views serves :func:`finish_detections` for 1, 4 and 8."""
+    img = np.asarray(image, dtype=np.float32)
+    per_view = []
+    for k in range(views):
+        vx, vy, vs = _detect_view(model, view_of(img, k), patch, overlap, device, 0.0, batch)
+        per_view.append((*points_from_view(vx, vy, img.shape, k), vs))
+    return per_view
+
+
+def finish_detections(
+    per_view: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    shape: tuple[int, int],
+    anchor_px: float,
+    min_score: float = 0.0,
+    nms_radius: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Detections of one or more views (:func:`detect_views`) fused within half ``anchor_px``, cut at
+    ``min_score`` and thinned by NMS (``nms_radius`` px; None = none): ``(x, y, score)``, best first."""
+    if len(per_view) not in VIEWS:
+        raise ValueError(f"views must be one of {VIEWS}, not {len(per_view)}")
+    if len(per_view) == 1:
+        x, y, s = per_view[0]
+    else:
+        x, y, s = fuse_views(per_view, 0.5 * float(anchor_px))
+    keep = s >= min_score
+    x, y, s = x[keep], y[keep], s[keep]
+    if nms_radius and len(x):
+        keep = greedy_disks(
+            np.clip(np.round(y), 0, shape[0] - 1).astype(int),
+            np.clip(np.round(x), 0, shape[1] - 1).astype(int),
+            np.full(len(x), 2.0 * nms_radius),
+            shape,
+            nms_radius,
+            None,
+        )
+        x, y, s = x[keep], y[keep], s[keep]
+    return x.astype(np.float64), y.astype(np.float64), s.astype(np.float64)
+
+
 def detect(
     model: ParticleDETR,
     image: np.ndarray,
@@ -106,31 +156,14 @@ def detect(
     if views not in VIEWS:
         raise ValueError(f"views must be one of {VIEWS}, not {views}")
     img = np.asarray(image, dtype=np.float32)
-    if views == 1:
-        x, y, s = _detect_view(model, img, patch, overlap, device, min_score, batch)
+    if views == 1:  # without fusion the score floor can cut inside the network's output
+        per_view = [_detect_view(model, img, patch, overlap, device, min_score, batch)]
     else:
-        radius = 0.5 * float(model.config.anchor_px)
-        per_view = []
-        for k in range(views):
-            vx, vy, vs = _detect_view(model, view_of(img, k), patch, overlap, device, 0.0, batch)
-            vx, vy = points_from_view(vx, vy, img.shape, k)
-            per_view.append((vx, vy, vs))
-        x, y, s = fuse_views(per_view, radius)
-        keep = s >= min_score
-        x, y, s = x[keep], y[keep], s[keep]
-    if nms_radius and len(x):
-        keep = greedy_disks(
-            np.clip(np.round(y), 0, img.shape[0] - 1).astype(int),
-            np.clip(np.round(x), 0, img.shape[1] - 1).astype(int),
-            np.full(len(x), 2.0 * nms_radius),
-            img.shape,
-            nms_radius,
-            None,
-        )
-        x, y, s = x[keep], y[keep], s[keep]
-    return x.astype(np.float64), y.astype(np.float64), s.astype(np.float64)
+        per_view = detect_views(model, img, patch, views, overlap=overlap, device=device, batch=batch)
+    return finish_detections(per_view, img.shape, model.config.anchor_px, min_score, nms_radius)
 
 
+@torch.inference_mode()
 def _detect_view(model, img, patch, overlap, device, min_score, batch):
     """Detections of one image, patch by patch, best first (no NMS)."""
     was_training = model.training
