@@ -226,7 +226,7 @@ def main() -> None:
     print(text)
     if not args.no_report:
         section = args.section or ("tomo_robpicker" if args.label_noise == "moderate" else f"tomo_robpicker_{args.label_noise}")
-        update_section(section, f"## Tomogram picker: RobPicker vs plain U-Net ({args.label_noise} label noise)\n\n"
+        update_section(section, f"## Tomogram picker: RobPicker vs plain U-Net ({args.label_noise} label noise, SNR {args.snr:g})\n\n"
                        + text)
 
 
