@@ -85,7 +85,7 @@ def run_method(method: str, seed: int, args) -> tuple:
     val = PatchSampler([val_t.volume], [val_t.shape_labels], [centres(val_t.particles)], args.patch,
                        np.random.default_rng(seed + 1), class_balanced=True)
     tc = TrainConfig(method=method, iterations=args.iterations, batch=args.batch, learning_rate=args.learning_rate,
-                     meta_lr=args.meta_lr, meta_interval=args.meta_interval, virtual_step=args.virtual_step,
+                     meta_lr=args.meta_lr, meta_interval=args.meta_interval, meta_start=args.meta_start, virtual_step=args.virtual_step,
                      eval_every=max(1, args.iterations // 8), eval_patches=8, seed=seed)
     res = train_picker(train, val, len(species) + 1, tc, width=args.width, depth=4)
     floor = args.min_fraction
@@ -99,7 +99,9 @@ def run_method(method: str, seed: int, args) -> tuple:
         if args.save_probs:
             args.save_probs.mkdir(parents=True, exist_ok=True)
             np.save(args.save_probs / f"{method}_{seed}_val.npy", val_probs.astype(np.float16))
-        floor, _ = choose_min_fraction([val_probs], f1, radius_list)
+        floor, val_f1 = choose_min_fraction([val_probs], f1, radius_list)
+        print(f"seed {seed}, {dict(METHODS)[method]}: validation F1 at its floors "
+              + " ".join(f"{v:.3f}" for v in val_f1), flush=True)  # fmt: skip
     t1 = time.monotonic()
     picks = []
     for i, t in enumerate(test_t):
@@ -127,6 +129,8 @@ def main() -> None:
     parser.add_argument("--meta-interval", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--meta-lr", type=float, default=1e-3)
+    parser.add_argument("--meta-start", type=int, default=0,
+                        help="plain training for this many iterations before the first meta step")  # fmt: skip
     parser.add_argument("--train-tomograms", type=int, default=3)
     parser.add_argument("--test-tomograms", type=int, default=2)
     parser.add_argument("--shape", type=int, nargs=3, default=(80, 128, 128), help="nz ny nx")
@@ -193,7 +197,9 @@ def main() -> None:
         f"{len(test_t)} test tomograms, each {args.shape[2]}x{args.shape[1]}x{args.shape[0]} voxels at "
         f"{cfg.angpix:g} Å, SNR {args.snr:g}; U-Net width {args.width}, depth 4, patches {args.patch}³, batch {args.batch}, "
         f"{args.iterations} iterations, Adam lr {args.learning_rate:g}, meta lr {args.meta_lr:g}, a meta step every "
-        f"{args.meta_interval} iterations; {args.threads} CPU thread(s) per run, {args.processes} run(s) side by side. "
+        f"{args.meta_interval} iterations"
+        + (f" after {args.meta_start} iterations of plain training (warm-up)" if args.meta_start else "")
+        + f"; {args.threads} CPU thread(s) per run, {args.processes} run(s) side by side. "
         "F1 per species, matched within half the species' diameter; truth counts per seed: "
         + ", ".join(f"{species[s - 1][0]} {v['n_truth']}" for s, v in runs[args.methods[0]][0][0].items())
         + f". Mean ± sd over {len(args.seeds)} seed(s); picks: connected components of at least "

@@ -398,3 +398,24 @@ def test_meta_step_changes_meta_networks():
     init = DataReweighting(8).state_dict()
     assert any(not torch.allclose(init[k], v) for k, v in res.dr.state_dict().items())
     assert before_dr.keys() == init.keys()
+
+
+def test_meta_warm_up_is_plain_training():
+    """With --meta_start covering every iteration, RobPicker trains exactly as the plain U-Net; one
+    iteration later its meta networks start to learn."""
+    vol, clean, noisy, centres = _tiny_data(4)
+
+    def run(method, meta_start, iterations=4):
+        tr = PatchSampler([vol], [noisy], [centres[:4]], 16, np.random.default_rng(0))
+        va = PatchSampler([vol], [clean], [centres], 16, np.random.default_rng(1), class_balanced=True)
+        cfg = TrainConfig(method=method, iterations=iterations, batch=2, val_batch=2, eval_every=iterations,
+                          eval_patches=2, dr_hidden=8, lc_hidden=4, seed=3, meta_start=meta_start, meta_lr=0.05)
+        return train_picker(tr, va, 3, cfg, width=2, depth=2)
+
+    plain, warm = run("plain", 0), run("robpicker", 4)
+    for k, v in plain.model.state_dict().items():
+        assert torch.equal(v, warm.model.state_dict()[k]), k
+    assert "virtual_val_loss" not in warm.history[-1]
+    late = run("robpicker", 3)
+    assert "virtual_val_loss" in late.history[-1]
+    assert any(not torch.equal(v, late.model.state_dict()[k]) for k, v in plain.model.state_dict().items())

@@ -52,6 +52,7 @@ class TrainConfig:
     virtual_lr: float = 0.0  # learning rate of an SGD virtual step; 0 = learning_rate
     epsilon: float = 0.01  # finite-difference step, relative to |grad L_val|
     meta_interval: int = 1  # a meta step every this many iterations
+    meta_start: int = 0  # plain training (no LC, no DR) for this many iterations before the first meta step
     val_batch: int = 4
     eval_every: int = 50  # validation loss on fixed patches every this many iterations
     eval_patches: int = 8
@@ -303,7 +304,8 @@ def train_picker(
             check_abort()
         x, y = train.sample(cfg.batch)
         x, y = x.to(device), y.to(device)
-        if meta_opt is not None and (it - 1) % cfg.meta_interval == 0:
+        warm = it <= cfg.meta_start  # warm-up: plain training, the meta networks wait
+        if meta_opt is not None and not warm and (it - cfg.meta_start - 1) % cfg.meta_interval == 0:
             xv, yv = val.sample(cfg.val_batch)
             xv, yv = xv.to(device), yv.to(device)
             target_v = one_hot(yv, n_classes)
@@ -322,7 +324,10 @@ def train_picker(
                 p.grad = g
             meta_opt.step()
             meta_val.append(lv)
-        loss = robust_train_loss(model, x, y, lc, dr, meta_grad=False, stats=stats)
+        if warm:
+            loss = dice_loss(model(x)[0], one_hot(y, n_classes))
+        else:
+            loss = robust_train_loss(model, x, y, lc, dr, meta_grad=False, stats=stats)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
