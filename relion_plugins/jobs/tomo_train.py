@@ -38,6 +38,8 @@ PARAMS = [
     Param("learning_rate", 1e-3, "Adam learning rate of the U-Net", float, minimum=0),
     Param("meta_lr", 1e-3, "Adam learning rate of the meta networks", float, minimum=0),
     Param("meta_interval", 1, "one meta (bi-level) step every this many iterations", int, "iterations", minimum=1),
+    Param("meta_start", 0, "train the U-Net plainly for this many iterations before the first meta step (warm-up)",
+          int, "iterations", minimum=0),
     Param("virtual_step", "sgd", "the one-step unrolled update of a meta step: a plain SGD step of learning_rate, or "
           "the U-Net's own Adam step (the meta networks then learn much faster; on our benchmark that hurt the small "
           "species)", str, choices=("sgd", "adam")),
@@ -178,7 +180,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
     torch.set_num_threads(max(1, ctx.threads))
     cfg = TrainConfig(
         method=p["method"], iterations=p["iterations"], batch=p["batch"], learning_rate=p["learning_rate"],
-        meta_lr=p["meta_lr"], meta_interval=p["meta_interval"], virtual_step=p["virtual_step"], epsilon=p["epsilon"], eval_every=p["eval_every"],
+        meta_lr=p["meta_lr"], meta_interval=p["meta_interval"], meta_start=p["meta_start"], virtual_step=p["virtual_step"], epsilon=p["epsilon"], eval_every=p["eval_every"],
         seed=p["seed"],
     )
 
