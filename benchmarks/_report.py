@@ -59,3 +59,20 @@ def update_section(name: str, markdown: str, page: Path = PAGE) -> None:
         tmp = page.with_suffix(f".md.{os.getpid()}.tmp")
         tmp.write_text(text)
         tmp.replace(page)
+
+
+def sync(device) -> None:
+    """Wait for the GPU's queued work, so that a clock read after it times the work (no-op on a CPU)."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def device_words(device, threads: int) -> str:
+    """Where a timing ran: the GPU's name, or the CPU and its torch threads."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {threads} thread(s)"

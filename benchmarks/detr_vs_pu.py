@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import machine_line, run_args, update_section  # noqa: E402
+from _report import device_words, machine_line, run_args, sync, update_section  # noqa: E402
 from pu_vs_topaz import Dataset, empiar, expected_per_mic, score, simulated, write_labels  # noqa: E402
 
 from relion_plugins.cli import run_external_like_relion  # noqa: E402
@@ -386,25 +386,22 @@ def timing(argv: list[str] | None = None) -> None:
     model.train()
     for i in range(args.steps + 2):
         if i == 2:  # the first steps include allocator warm-up
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             t0 = time.monotonic()
         x, targets = sampler.batch(2, device)
         loss, _ = total_loss(model(x, targets), targets, LossWeights())
         opt.zero_grad()
         loss.backward()
         opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     per_step = (time.monotonic() - t0) / args.steps
     t_pick = {}
     for views in (1, 4):  # rp-detr-pick --tta 1 and the default 4
         t0 = time.monotonic()
         x, _, _ = detect(model, img, 256, overlap=24, device=device, nms_radius=14.4, views=views)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         t_pick[views] = time.monotonic() - t0
-    where = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
+    where = device_words(device, args.threads)
     text = (
         f"Run: `python benchmarks/detr_vs_pu.py --timing --steps {args.steps} --threads {args.threads}`. "
         + machine_line()

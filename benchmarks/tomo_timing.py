@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import machine_line, run_args, update_section  # noqa: E402
+from _report import device_words, machine_line, run_args, sync, update_section  # noqa: E402
 
 from relion_plugins.pick.tomo.bilevel import TrainConfig, train_picker  # noqa: E402
 from relion_plugins.pick.tomo.data import PatchSampler  # noqa: E402
@@ -34,21 +34,16 @@ from relion_plugins.pick.tomo.unet import UNet3D  # noqa: E402
 from relion_plugins.simulate.tomogram import TomogramConfig, noisy_sphere_labels, simulate_tomogram  # noqa: E402
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def seconds_per_iteration(method: str, iterations: tuple[int, int], samplers, n_classes: int, args, device) -> float:
     """Per-iteration time of ``method``: the difference of two training runs over their difference in length."""
     times = []
     for n in iterations:
         cfg = TrainConfig(method=method, iterations=n, batch=args.batch, meta_interval=1, eval_every=n,
                           eval_patches=2, seed=1)  # fmt: skip
-        _sync(device)
+        sync(device)
         t0 = time.monotonic()
         train_picker(*samplers, n_classes, cfg, width=args.width, depth=4, device=device)
-        _sync(device)
+        sync(device)
         times.append(time.monotonic() - t0)
     return (times[1] - times[0]) / (iterations[1] - iterations[0])
 
@@ -96,10 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     model = UNet3D(n_classes, args.width, 4).to(device).eval()
     volume = np.random.default_rng(3).standard_normal(pick_shape, dtype=np.float32)
-    _sync(device)
+    sync(device)
     t0 = time.monotonic()
     probs = predict_volume(model, volume, patch=args.patch, overlap=20, device=device)
-    _sync(device)
+    sync(device)
     t_net = time.monotonic() - t0
     t0 = time.monotonic()
     picks = cluster_picks(probs, 5, [3.0] * (n_classes - 1), 0.25)
@@ -107,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
 
     command = " ".join(run_args(sys.argv[1:] if argv is None else argv, flags=("--no-report",)))
     full = "Full (rp-tomo-train's defaults) " if (args.width, args.patch, args.batch) == (32, 64, 4) else "Reduced "
-    where = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
+    where = device_words(device, args.threads)
     text = (
         f"Run: `python benchmarks/tomo_timing.py {command}`. "
         + machine_line()
