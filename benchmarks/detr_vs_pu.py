@@ -280,12 +280,13 @@ def _f1(rows, key, tag) -> float | None:
     return None
 
 
-def acceptance(rows) -> list[str]:
-    """Which of the issue's acceptance directions held on this run (F1 at the operating point)."""
+def acceptance(rows, pair=None) -> list[str]:
+    """Which of the issue's acceptance directions held on this run (F1 at the operating point).
+    ``pair(key, tag_a, tag_b)``, when given, supplies the two F1s compared (means over the runs both have)."""
     checks = []
 
     def check(text, key, a, b):
-        fa, fb = _f1(rows, key, a), _f1(rows, key, b)
+        fa, fb = pair(key, a, b) if pair else (_f1(rows, key, a), _f1(rows, key, b))
         if fa is None or fb is None:
             return
         ok = fa >= fb - 1e-9 if "PU" in text else fa > fb  # 1e-9: a tie of means summed in another order
@@ -436,6 +437,7 @@ def summarise(sections: list[str], out_section: str) -> None:
     keys = {"simulated": "sim", "EMPIAR": "empiar"}
     tags = {(key, who, n): tag for key, plan in PLAN.items() for tag, n, who, *_ in plan}
     f1s: dict[tuple, list[float]] = {}
+    by_run: dict[tuple, dict[str, float]] = {}  # (data set, tag) -> section -> F1
     found = []
     for name in sections:
         m = re.search(rf"<!-- begin {re.escape(name)} -->(.*?)<!-- end {re.escape(name)} -->", page, re.S)
@@ -452,6 +454,7 @@ def summarise(sections: list[str], out_section: str) -> None:
             tag = tags.get((key, cells[2], 5 if n <= 5 else 20))
             if tag is not None:
                 f1s.setdefault((key, cells[0], n, tag, cells[2]), []).append(float(cells[4]))
+                by_run.setdefault((key, tag), {})[name] = float(cells[4])
     lines = [
         "Run: `python benchmarks/detr_vs_pu.py --summarise "
         + " ".join(sections)
@@ -471,11 +474,18 @@ def summarise(sections: list[str], out_section: str) -> None:
             f"| {data} | {n} | {who} | {len(a)} | {a.mean():.3f} ± {sd} | {' '.join(f'{x:.3f}' for x in a)} |"
         )
         rows.append((key, data, n, tag, who, {"f1": float(a.mean())}))
-    checks = acceptance(rows)
+    def paired(key, a, b):
+        runs_a, runs_b = by_run.get((key, a), {}), by_run.get((key, b), {})
+        both = [r for r in runs_a if r in runs_b]
+        if not both:
+            return None, None
+        return float(np.mean([runs_a[r] for r in both])), float(np.mean([runs_b[r] for r in both]))
+
+    checks = acceptance(rows, paired)
     if checks:
         lines += [
             "",
-            "| acceptance direction (on the mean F1) | data | F1 | result |",
+            "| acceptance direction (on the mean F1 of the runs both rows have) | data | F1 | result |",
             "|---|---|---|---|",
             *checks,
         ]
