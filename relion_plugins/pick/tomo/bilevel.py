@@ -324,10 +324,8 @@ def train_picker(
                 p.grad = g
             meta_opt.step()
             meta_val.append(lv)
-        if warm:
-            loss = dice_loss(model(x)[0], one_hot(y, n_classes))
-        else:
-            loss = robust_train_loss(model, x, y, lc, dr, meta_grad=False, stats=stats)
+        meta_nets = (None, None) if warm else (lc, dr)
+        loss = robust_train_loss(model, x, y, *meta_nets, meta_grad=False, stats=stats)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
