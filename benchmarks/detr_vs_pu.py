@@ -37,6 +37,7 @@ from _report import device_words, machine_line, run_args, sync, update_section  
 from pu_vs_topaz import Dataset, empiar, expected_per_mic, score, simulated, write_labels  # noqa: E402
 
 from relion_plugins.cli import run_external_like_relion  # noqa: E402
+from relion_plugins.jobs.detr_train import PARAMS as DETR_TRAIN_PARAMS  # noqa: E402
 from relion_plugins.pick.model_file import load_model  # noqa: E402
 from relion_plugins.relion.coords import read_coordinate_list  # noqa: E402
 
@@ -140,6 +141,8 @@ class Runner:
                        "--steps_per_epoch", "100", "--seed", str(args.seed)]  # fmt: skip
         if args.backbone:
             self.common += ["--backbone", args.backbone]
+        if args.ema_decay is not None:
+            self.common += ["--ema_decay", str(args.ema_decay)]
         self.queries = detr_queries(ds, args)
         self.common += ["--queries", str(self.queries)]
         self.common += ["--denoise", args.denoise, "--equalize", args.equalize]
@@ -228,6 +231,7 @@ def main() -> None:
     parser.add_argument(
         "--lr_drops", type=int, default=1, help="learning-rate drops on a plateau before stopping"
     )
+    parser.add_argument("--ema_decay", type=float, default=None, help="rp-detr-train --ema_decay (default: its own)")
     parser.add_argument("--scaled_diameter", type=float, default=24.0)
     parser.add_argument("--crop", type=int, default=192)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -303,6 +307,15 @@ def acceptance(rows, pair=None) -> list[str]:
     return checks
 
 
+def _averaging(args: argparse.Namespace) -> str:
+    decay = args.ema_decay
+    if decay is None:
+        decay = next(q.default for q in DETR_TRAIN_PARAMS if q.name == "ema_decay")
+    if not decay:
+        return "the weights themselves are validated and kept"
+    return f"a moving average of the weights, decay {decay:g} per minibatch, is validated and kept"
+
+
 def _describe(size: str, backbone: str = "") -> str:
     from relion_plugins.pick.detr.model import PRESETS
 
@@ -322,7 +335,7 @@ def report(args: argparse.Namespace, rows: list[tuple], pretrain_s: dict[str, fl
         f"preprocessing: normalisation, denoising {args.denoise}, equalisation {args.equalize}; "
         f"AdamW lr {args.lr:g}; pretraining {args.pretrain_epochs} x 100 minibatches on all training micrographs "
         f"with A-LoG top-K pseudo-labels (K = 1.2 x the mean particle count); fine-tuning at most {args.epochs} x 100 "
-        f"minibatches, early stopping on validation F1 (20% of the labelled micrographs held out; after {args.patience} epochs "
+        f"minibatches, early stopping on validation F1 (20% of the labelled micrographs held out; {_averaging(args)}; after {args.patience} epochs "
         f"without gain the learning rate drops 10x from the best epoch, {args.lr_drops} time(s), then training stops). "
         f"PU picker: resnet8 from its shipped weights, PN objective (every particle of its micrographs is labelled, "
         f"so the rest is negative; GE-binomial refuses a prior at the labelled fraction), {args.pu_steps} minibatches of 256. Every particle of the labelled micrographs is labelled. F1 at each "

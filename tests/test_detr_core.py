@@ -202,6 +202,47 @@ def test_plateau_lowers_rate_before_stopping(two_micrographs, drops, epochs_run)
     assert res.best_epoch == (4 if drops else 1)
 
 
+def test_weight_average_follows_the_closed_form():
+    from relion_plugins.pick.detr.train import WeightAverage
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        net[0].weight.fill_(0.0)
+    avg = WeightAverage(net, decay=0.9)
+    want = 0.0
+    for n, value in enumerate([1.0, 2.0, 3.0, 4.0], start=1):
+        with torch.no_grad():
+            net[0].weight.fill_(value)
+        net[1].num_batches_tracked += 1
+        avg.update(net)
+        d = min(0.9, (1 + n) / (10 + n))  # the decay ramps up from 2/11
+        want = d * want + (1 - d) * value
+    torch.testing.assert_close(avg.model[0].weight, torch.full((1, 2), want))
+    assert int(avg.model[1].num_batches_tracked) == 4  # integer buffers are copied, not averaged
+    assert not avg.model[0].weight.requires_grad
+
+
+def test_averaged_weights_are_validated_and_kept(two_micrographs):
+    """With ema_decay the validation callback sees the average, whose best epoch is what training returns."""
+    imgs, xys = two_micrographs
+    seen: list[tuple[int, dict]] = []
+    scores = iter([0.2, 0.7, 0.1])
+
+    def validate(model) -> float:
+        seen.append((id(model), {k: v.clone() for k, v in model.state_dict().items()}))
+        return next(scores)
+
+    cfg = TrainConfig(crop=64, steps_per_epoch=2, max_epochs=3, patience=5, seed=5, ema_decay=0.9)
+    res = train_detr(imgs, xys, 16.0, cfg, "tiny", validate=validate)
+    assert res.best_epoch == 2
+    assert all(i != id(res.model) for i, _ in seen)  # the averaged copy, not the trained network
+    kept = res.model.state_dict()
+    assert all(torch.equal(kept[k], seen[1][1][k]) for k in kept)
+    plain = train_detr(imgs, xys, 16.0, TrainConfig(crop=64, steps_per_epoch=2, max_epochs=2, seed=5), "tiny")
+    raw = plain.model.state_dict()  # the same minibatches without averaging end elsewhere
+    assert not all(torch.equal(kept[k], raw[k]) for k in kept if kept[k].dtype.is_floating_point)
+
+
 def test_model_file_round_trip(tmp_path):
     model = build_model(TINY).eval()
     meta = {"angpix": 9.4, "diameter_A": 150.0, "normalization": {"method": "upicker"}, "crop": 128}

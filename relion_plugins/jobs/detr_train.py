@@ -122,6 +122,8 @@ PARAMS = [
         int,
         minimum=0,
     ),
+    Param("ema_decay", 0.99, "fine-tuning validates and keeps a moving average of the weights with this decay per "
+          "minibatch (0 = the weights themselves)", float, minimum=0, maximum=0.9999),
     *TRAIN_JOB_COMMON_PARAMS,
 ]
 
@@ -329,7 +331,8 @@ def run(ctx: JobContext) -> list[OutputNode]:
         if auto and state is None:
             _set_queries(ctx, arch, n_labels / len(labelled), [t[0].shape for t in tr], crop)
         scorer = validation_scorer([v[0] for v in va], va_xy, diameter_px, crop, device)
-        cfg = TrainConfig(**base, max_epochs=p["epochs"], patience=p["patience"], lr_drops=p["lr_drops"])
+        cfg = TrainConfig(**base, max_epochs=p["epochs"], patience=p["patience"], lr_drops=p["lr_drops"],
+                          ema_decay=p["ema_decay"])
         res = train_detr([t[0] for t in tr], tr_xy, diameter_px, cfg, arch, init_state=state,
                          validate=lambda m: scorer(m)[0], progress=progress_for("fine-tuning", cfg.max_epochs),
                          check_abort=ctx.check_abort, device=device)  # fmt: skip
@@ -361,7 +364,8 @@ def run(ctx: JobContext) -> list[OutputNode]:
         "thresholds": view_thresholds,
         "validation_f1_views": view_f1,
         "train_config": base
-        | {"epochs": p["epochs"], "pretrain_epochs": p["pretrain_epochs"], "mode": p["mode"]},
+        | {"epochs": p["epochs"], "pretrain_epochs": p["pretrain_epochs"], "mode": p["mode"],
+           "ema_decay": p["ema_decay"]},
         "history": history,
         "provenance": {
             "in_mics": ctx.in_mics,
