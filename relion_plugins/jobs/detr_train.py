@@ -122,7 +122,7 @@ PARAMS = [
         int,
         minimum=0,
     ),
-    Param("ema_decay", 0.99, "fine-tuning validates and keeps a moving average of the weights with this decay per "
+    Param("ema_decay", 0.0, "fine-tuning validates and keeps a moving average of the weights with this decay per "
           "minibatch (0 = the weights themselves)", float, minimum=0, maximum=0.9999),
     *TRAIN_JOB_COMMON_PARAMS,
 ]
