@@ -15,9 +15,9 @@ def standardize(volume: np.ndarray) -> np.ndarray:
 class PatchSampler:
     """Random cubic patches (side ``patch``) with their labels.
 
-    Centres: with ``class_balanced`` a species first, then one of its particles (so a rare tiny species is
-    seen as often as an abundant one), the species stratified: a batch holds every species equally often
-    (as far as its size allows), in random order; otherwise a listed particle with
+    Centres: with ``class_balanced`` a species is drawn uniformly first, then one of its particles (so a
+    rare tiny species is seen as often as an abundant one), and with ``stratified`` too a batch holds every
+    species equally often (as far as its size allows), in random order; otherwise a listed particle with
     probability ``particle_fraction`` and a uniform position in the volume otherwise. Each centre is
     shifted by up to a quarter patch, and with ``augment`` the patch is turned by a random multiple of 90°
     about z and flipped along random axes (the missing wedge stays along z).
@@ -31,6 +31,7 @@ class PatchSampler:
         patch: int,
         rng: np.random.Generator,
         class_balanced: bool = False,
+        stratified: bool = False,
         particle_fraction: float = 0.7,
         augment: bool = True,
     ):
@@ -51,25 +52,27 @@ class PatchSampler:
         self.centres = np.concatenate(rows) if rows else np.zeros((0, 5))
         self.rng = rng
         self.class_balanced = class_balanced
+        self.stratified = stratified
         self.particle_fraction = particle_fraction
         self.augment = augment
         self.species = np.unique(self.centres[:, 4]).astype(int) if len(self.centres) else np.zeros(0, int)
 
     def _species_plan(self, batch: int) -> list[int | None]:
-        """The species each patch of a batch is centred on (None: not class-balanced). Drawn independently,
+        """The species each patch of a batch is centred on (None: drawn per patch). Drawn independently,
         a batch of 4 patches over 4 species misses one species a third of the time, and a validation loss on
         it then says nothing about that species; stratified, every batch of at least as many patches as
-        species holds them all."""
-        if not (self.class_balanced and len(self.centres)):
+        species holds them all. (On the SNR 0.5 benchmark that did not help RobPicker: docs/tomo_picker.md.)"""
+        if not (self.class_balanced and self.stratified and len(self.centres)):
             return [None] * batch
         rounds = -(-batch // len(self.species))
         return [int(s) for s in np.concatenate([self.rng.permutation(self.species) for _ in range(rounds)])[:batch]]
 
     def _centre(self, species: int | None = None) -> tuple[int, np.ndarray]:
         rng = self.rng
-        if len(self.centres) and (species is not None or rng.random() < self.particle_fraction):
-            if species is not None:
-                idx = np.flatnonzero(self.centres[:, 4] == species)
+        if len(self.centres) and (self.class_balanced or rng.random() < self.particle_fraction):
+            if self.class_balanced:
+                s = rng.choice(self.species) if species is None else species
+                idx = np.flatnonzero(self.centres[:, 4] == s)
             else:
                 idx = np.arange(len(self.centres))
             row = self.centres[rng.choice(idx)]
