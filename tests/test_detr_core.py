@@ -183,6 +183,22 @@ def test_one_eight_view_pass_serves_one_four_and_eight_views(two_micrographs):
             np.testing.assert_array_equal(a, b)
 
 
+def test_detect_views_checks_for_abort_before_each_view():
+    from relion_plugins.pick.detr.model import build_model
+    from relion_plugins.pick.detr.predict import detect_views
+
+    calls = []
+
+    def check_abort() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("aborted")
+
+    with pytest.raises(RuntimeError, match="aborted"):
+        detect_views(build_model("tiny").eval(), np.zeros((64, 64), np.float32), 64, 8, check_abort=check_abort)
+    assert len(calls) == 3  # stopped at the third view, not after all eight
+
+
 def test_seeded_training_is_deterministic(two_micrographs):
     imgs, xys = two_micrographs
     cfg = TrainConfig(crop=64, steps_per_epoch=3, max_epochs=1, seed=5)

@@ -161,19 +161,19 @@ def _architecture(p: dict):
 THRESHOLD_HALFWIDTH = 0.05  # the pick threshold: best mean validation F1 over +- this (smoothed_best_threshold)
 
 
-def validation_scorer(images, coords, diameter_px: float, crop: int, device, views: int = 1):
+def validation_scorer(images, coords, diameter_px: float, crop: int, device, views: int = 1, check_abort=None):
     """``model -> (best F1, pick threshold, F1 at that threshold)`` on held-out prepared images (pooled over
     them), the detector seeing ``views`` views of each (test-time augmentation, see :func:`detect`). The
     best F1 measures the model (early stopping); the threshold is the one of best F1 averaged over
     +-:data:`THRESHOLD_HALFWIDTH`, which transfers better to other micrographs than the sharp maximum."""
-    score_all = validation_scorer_by_views(images, coords, diameter_px, crop, device, (views,))
+    score_all = validation_scorer_by_views(images, coords, diameter_px, crop, device, (views,), check_abort)
     return lambda model: score_all(model)[views]
 
 
-def validation_scorer_by_views(images, coords, diameter_px: float, crop: int, device, views=None):
+def validation_scorer_by_views(images, coords, diameter_px: float, crop: int, device, views=None, check_abort=None):
     """As :func:`validation_scorer`, for each view count in ``views`` (default: all the pick job offers)
     at once: ``model -> {views: (best F1, threshold, F1 there)}``. The detector runs once over the most
-    views asked for; fewer views are its first ones (:func:`detect_views`)."""
+    views asked for; fewer views are its first ones (:func:`detect_views`), ``check_abort`` before each."""
     from ..evaluate.matching import best_f1, precision_recall_curve, smoothed_best_threshold
     from ..pick.detr.predict import VIEWS, detect_views, finish_detections
 
@@ -183,7 +183,8 @@ def validation_scorer_by_views(images, coords, diameter_px: float, crop: int, de
 
     def score(model) -> dict[int, tuple[float, float, float]]:
         passes = [
-            detect_views(model, im, crop, max(views), overlap=int(np.ceil(diameter_px)), device=device)
+            detect_views(model, im, crop, max(views), overlap=int(np.ceil(diameter_px)), device=device,
+                         check_abort=check_abort)
             for im in images
         ]
         out = {}
@@ -330,15 +331,15 @@ def run(ctx: JobContext) -> list[OutputNode]:
         va_xy = [labels[m.name] * s for m, (_, s, _) in zip(val_mics, va)]
         if auto and state is None:
             _set_queries(ctx, arch, n_labels / len(labelled), [t[0].shape for t in tr], crop)
-        scorer = validation_scorer([v[0] for v in va], va_xy, diameter_px, crop, device)
+        scorer = validation_scorer([v[0] for v in va], va_xy, diameter_px, crop, device, check_abort=ctx.check_abort)
         cfg = TrainConfig(**base, max_epochs=p["epochs"], patience=p["patience"], lr_drops=p["lr_drops"],
                           ema_decay=p["ema_decay"])
         res = train_detr([t[0] for t in tr], tr_xy, diameter_px, cfg, arch, init_state=state,
                          validate=lambda m: scorer(m)[0], progress=progress_for("fine-tuning", cfg.max_epochs),
                          check_abort=ctx.check_abort, device=device)  # fmt: skip
         model = res.model
-        ctx.check_abort()
-        by_views = validation_scorer_by_views([v[0] for v in va], va_xy, diameter_px, crop, device)(model)
+        by_views = validation_scorer_by_views([v[0] for v in va], va_xy, diameter_px, crop, device,
+                                              check_abort=ctx.check_abort)(model)
         best_f1, threshold, f1_there = by_views[1]
         ctx.log(
             f" fine-tuning took {res.seconds:.1f} s; best epoch {res.best_epoch}, validation F1 {best_f1:.3f}; "

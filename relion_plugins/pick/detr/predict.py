@@ -13,6 +13,8 @@ micrographs of the simulated benchmark this raised the best F1 of the tiny model
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
@@ -94,13 +96,17 @@ def detect_views(
     overlap: int = 32,
     device: str | torch.device = "cpu",
     batch: int = 4,
+    check_abort: Callable[[], None] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The unfused ``(x, y, score)`` of each of the first ``views`` views (:func:`view_of`) of a prepared
     image, in the image's own pixels, best first. The first 4 of 8 views are the 4-view set and the first
-    the image itself, so one pass over 8 views serves :func:`finish_detections` for 1, 4 and 8."""
+    the image itself, so one pass over 8 views serves :func:`finish_detections` for 1, 4 and 8.
+    ``check_abort`` is called before each view (a full-size model on a CPU takes minutes per view)."""
     img = np.asarray(image, dtype=np.float32)
     per_view = []
     for k in range(views):
+        if check_abort is not None:
+            check_abort()
         vx, vy, vs = _detect_view(model, view_of(img, k), patch, overlap, device, 0.0, batch)
         per_view.append((*points_from_view(vx, vy, img.shape, k), vs))
     return per_view
