@@ -143,6 +143,8 @@ class Runner:
             self.common += ["--backbone", args.backbone]
         if args.ema_decay is not None:
             self.common += ["--ema_decay", str(args.ema_decay)]
+        if args.grad_clip is not None:
+            self.common += ["--grad_clip", str(args.grad_clip)]
         self.queries = detr_queries(ds, args)
         self.common += ["--queries", str(self.queries)]
         self.common += ["--denoise", args.denoise, "--equalize", args.equalize]
@@ -231,6 +233,7 @@ def main() -> None:
     parser.add_argument(
         "--lr_drops", type=int, default=1, help="learning-rate drops on a plateau before stopping"
     )
+    parser.add_argument("--grad_clip", type=float, default=None, help="rp-detr-train --grad_clip (default: its own)")
     parser.add_argument("--ema_decay", type=float, default=None, help="rp-detr-train --ema_decay (default: its own)")
     parser.add_argument("--scaled_diameter", type=float, default=24.0)
     parser.add_argument("--crop", type=int, default=192)

@@ -122,6 +122,7 @@ PARAMS = [
         int,
         minimum=0,
     ),
+    Param("grad_clip", 0.1, "gradient-norm clipping (DETR's clip_max_norm; 0 = none)", float, minimum=0),
     Param("ema_decay", 0.0, "fine-tuning validates and keeps a moving average of the weights with this decay per "
           "minibatch (0 = the weights themselves)", float, minimum=0, maximum=0.9999),
     *TRAIN_JOB_COMMON_PARAMS,
@@ -281,7 +282,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
 
     aug = p["augment"]
     base = dict(
-        crop=crop, batch_size=p["minibatch"], learning_rate=p["learning_rate"], steps_per_epoch=p["steps_per_epoch"],
+        crop=crop, batch_size=p["minibatch"], learning_rate=p["learning_rate"], grad_clip=p["grad_clip"], steps_per_epoch=p["steps_per_epoch"],
         cdn=p["cdn"], offline_augment=aug in ("hybrid", "offline"), offline_crops=p["offline_crops"],
         online_augment=aug in ("hybrid", "online"), seed=p["seed"], threads=max(1, ctx.threads),
     )  # fmt: skip
