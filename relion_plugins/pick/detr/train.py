@@ -72,7 +72,8 @@ class WeightAverage:
 
     Few-label fine-tuning validates on a handful of micrographs, where the F1 of single-step weights jumps
     by a few hundredths from epoch to epoch; early stopping then keeps a lucky epoch and stops on noise.
-    The average is the steadier network to validate and keep (as DINO's ``use_ema``)."""
+    The average's curve is steady (as DINO's ``use_ema``), but on our benchmark it did not raise test F1
+    (docs/detr_picker.md), so ``TrainConfig.ema_decay`` is 0 by default."""
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
         import copy
