@@ -9,6 +9,7 @@ so that the loop does not depend on how picks are scored.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -76,8 +77,6 @@ class WeightAverage:
     (docs/detr_picker.md), so ``TrainConfig.ema_decay`` is 0 by default."""
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        import copy
-
         self.decay = float(decay)
         self.updates = 0
         self.model = copy.deepcopy(model)
