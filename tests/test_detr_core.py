@@ -94,6 +94,23 @@ def test_denoising_queries():
         make_denoising_queries(targets, 10, 20, 0.5, 1.0, 0.4)
 
 
+def test_denoising_queries_do_not_leak_into_matching_outputs():
+    # The matching queries must not see the noised true boxes: their outputs in training with denoising
+    # queries equal those without (otherwise CDN teaches a shortcut that is gone at picking time).
+    torch.manual_seed(0)
+    model = build_model("tiny").train()
+    images = torch.randn(2, 1, 128, 128)
+    targets = [torch.tensor([[0.3, 0.3, 0.1, 0.1], [0.6, 0.6, 0.1, 0.1]]), torch.tensor([[0.5, 0.2, 0.1, 0.1]])]
+    plain = model(images)
+    with_dn = model(images, targets, torch.Generator().manual_seed(1))
+    assert with_dn["dn"]["queries"].size > 0 and "dn" not in plain
+    for key in ("logits", "boxes"):
+        assert torch.allclose(plain[key], with_dn[key], atol=1e-5)
+    # and the denoising outputs do depend on the noised boxes they were given
+    other = model(images, targets, torch.Generator().manual_seed(2))
+    assert not torch.allclose(with_dn["dn"]["layers"][-1]["boxes"], other["dn"]["layers"][-1]["boxes"])
+
+
 def test_preprocessing_and_patches():
     rng = np.random.default_rng(0)
     img = rng.normal(size=(96, 80)).astype(np.float32)
