@@ -145,6 +145,9 @@ class Runner:
             self.common += ["--ema_decay", str(args.ema_decay)]
         if args.grad_clip is not None:
             self.common += ["--grad_clip", str(args.grad_clip)]
+        for name in ("lambda_l", "lambda_p", "lambda_n"):
+            if getattr(args, name) is not None:
+                self.common += [f"--{name}", str(getattr(args, name))]
         self.queries = detr_queries(ds, args)
         self.common += ["--queries", str(self.queries)]
         self.common += ["--denoise", args.denoise, "--equalize", args.equalize]
@@ -235,6 +238,10 @@ def main() -> None:
     )
     parser.add_argument("--grad_clip", type=float, default=None, help="rp-detr-train --grad_clip (default: its own)")
     parser.add_argument("--ema_decay", type=float, default=None, help="rp-detr-train --ema_decay (default: its own)")
+    for name, what in (("lambda_l", "label-noise rate"), ("lambda_p", "positive box noise"),
+                       ("lambda_n", "hard-negative box noise")):  # fmt: skip
+        parser.add_argument(f"--{name}", type=float, default=None,
+                            help=f"rp-detr-train --{name}, the CDN {what} (default: its own)")  # fmt: skip
     parser.add_argument("--scaled_diameter", type=float, default=24.0)
     parser.add_argument("--crop", type=int, default=192)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -319,6 +326,15 @@ def _averaging(args: argparse.Namespace) -> str:
     return f"a moving average of the weights, decay {decay:g} per minibatch, is validated and kept"
 
 
+def _cdn_noise(args: argparse.Namespace) -> str:
+    values = {}
+    for name in ("lambda_l", "lambda_p", "lambda_n"):
+        v = getattr(args, name)
+        values[name] = v if v is not None else next(q.default for q in DETR_TRAIN_PARAMS if q.name == name)
+    return (f"contrastive denoising: label noise {values['lambda_l']:g}, box noise of positives below "
+            f"{values['lambda_p']:g}, of hard negatives {values['lambda_p']:g} to {values['lambda_n']:g} (rows with CDN)")  # fmt: skip
+
+
 def _describe(size: str, backbone: str = "") -> str:
     from relion_plugins.pick.detr.model import PRESETS
 
@@ -339,7 +355,7 @@ def report(args: argparse.Namespace, rows: list[tuple], pretrain_s: dict[str, fl
         f"AdamW lr {args.lr:g}; pretraining {args.pretrain_epochs} x 100 minibatches on all training micrographs "
         f"with A-LoG top-K pseudo-labels (K = 1.2 x the mean particle count); fine-tuning at most {args.epochs} x 100 "
         f"minibatches, early stopping on validation F1 (20% of the labelled micrographs held out; {_averaging(args)}; after {args.patience} epochs "
-        f"without gain the learning rate drops 10x from the best epoch, {args.lr_drops} time(s), then training stops). "
+        f"without gain the learning rate drops 10x from the best epoch, {args.lr_drops} time(s), then training stops); {_cdn_noise(args)}. "
         f"PU picker: resnet8 from its shipped weights, PN objective (every particle of its micrographs is labelled, "
         f"so the rest is negative; GE-binomial refuses a prior at the labelled fraction), {args.pu_steps} minibatches of 256. Every particle of the labelled micrographs is labelled. F1 at each "
         "picker's own operating point (detr: the validated threshold stored in the model for its views; PU: "
