@@ -132,6 +132,10 @@ def validated_threshold(ds: Dataset, mf, views: int) -> float:
     return validation_scorer(images, coords, diameter_px, int(mf.meta["crop"]), "cpu", views=views)(model)[1]
 
 
+# benchmark options passed on to every rp-detr-train call when given (None: rp-detr-train's own default)
+PASSED_TO_TRAIN = ("ema_decay", "grad_clip", "lambda_l", "lambda_p", "lambda_n")
+
+
 class Runner:
     def __init__(self, ds: Dataset, args: argparse.Namespace) -> None:
         self.ds, self.args = ds, args
@@ -141,11 +145,7 @@ class Runner:
                        "--steps_per_epoch", "100", "--seed", str(args.seed)]  # fmt: skip
         if args.backbone:
             self.common += ["--backbone", args.backbone]
-        if args.ema_decay is not None:
-            self.common += ["--ema_decay", str(args.ema_decay)]
-        if args.grad_clip is not None:
-            self.common += ["--grad_clip", str(args.grad_clip)]
-        for name in ("lambda_l", "lambda_p", "lambda_n"):
+        for name in PASSED_TO_TRAIN:
             if getattr(args, name) is not None:
                 self.common += [f"--{name}", str(getattr(args, name))]
         self.queries = detr_queries(ds, args)
@@ -317,20 +317,21 @@ def acceptance(rows, pair=None) -> list[str]:
     return checks
 
 
+def _train_value(args: argparse.Namespace, name: str) -> float:
+    """The value rp-detr-train runs with: the benchmark's option, else rp-detr-train's default."""
+    value = getattr(args, name)
+    return value if value is not None else next(q.default for q in DETR_TRAIN_PARAMS if q.name == name)
+
+
 def _averaging(args: argparse.Namespace) -> str:
-    decay = args.ema_decay
-    if decay is None:
-        decay = next(q.default for q in DETR_TRAIN_PARAMS if q.name == "ema_decay")
+    decay = _train_value(args, "ema_decay")
     if not decay:
         return "the weights themselves are validated and kept"
     return f"a moving average of the weights, decay {decay:g} per minibatch, is validated and kept"
 
 
 def _cdn_noise(args: argparse.Namespace) -> str:
-    values = {}
-    for name in ("lambda_l", "lambda_p", "lambda_n"):
-        v = getattr(args, name)
-        values[name] = v if v is not None else next(q.default for q in DETR_TRAIN_PARAMS if q.name == name)
+    values = {name: _train_value(args, name) for name in ("lambda_l", "lambda_p", "lambda_n")}
     return (f"contrastive denoising: label noise {values['lambda_l']:g}, box noise of positives below "
             f"{values['lambda_p']:g}, of hard negatives {values['lambda_p']:g} to {values['lambda_n']:g} (rows with CDN)")  # fmt: skip
 
