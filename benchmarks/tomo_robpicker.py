@@ -87,19 +87,24 @@ def run_method(method: str, seed: int, args) -> tuple:
     tc = TrainConfig(method=method, iterations=args.iterations, batch=args.batch, learning_rate=args.learning_rate,
                      meta_lr=args.meta_lr, meta_interval=args.meta_interval, meta_start=args.meta_start, virtual_step=args.virtual_step,
                      eval_every=max(1, args.iterations // 8), eval_patches=8, seed=seed)
-    res = train_picker(train, val, len(species) + 1, tc, width=args.width, depth=4)
+    val_truth = val_t.particles.assign(tomo=0)
+
+    def f1(picks) -> dict[int, float]:
+        return {s: v["f1"] for s, v in species_scores(picks, val_truth, radii).items()}
+
+    def validate(model) -> tuple[np.ndarray, list[float], list[float]]:
+        """As rp-tomo-train: the validation tomogram's probabilities, each species' best size floor and F1."""
+        val_probs = predict_volume(model, val_t.volume, patch=48, overlap=16)
+        return (val_probs, *choose_min_fraction([val_probs], f1, radius_list))
+
+    res = train_picker(train, val, len(species) + 1, tc, width=args.width, depth=4,
+                       checkpoint_score=(lambda m: validate(m)[2]) if args.checkpoint == "f1" else None)
     floor = args.min_fraction
     if floor is None:  # the operating point of each method, chosen on the validation tomogram
-        val_truth = val_t.particles.assign(tomo=0)
-
-        def f1(picks) -> dict[int, float]:
-            return {s: v["f1"] for s, v in species_scores(picks, val_truth, radii).items()}
-
-        val_probs = predict_volume(res.model, val_t.volume, patch=48, overlap=16)
+        val_probs, floor, val_f1 = validate(res.model)
         if args.save_probs:
             args.save_probs.mkdir(parents=True, exist_ok=True)
             np.save(args.save_probs / f"{method}_{seed}_val.npy", val_probs.astype(np.float16))
-        floor, val_f1 = choose_min_fraction([val_probs], f1, radius_list)
         print(f"seed {seed}, {dict(METHODS)[method]}: validation F1 at its floors "
               + " ".join(f"{v:.3f}" for v in val_f1), flush=True)  # fmt: skip
     t1 = time.monotonic()
@@ -150,6 +155,9 @@ def main() -> None:
     parser.add_argument("--min-fraction", type=float,
                         help="smallest picked component as a fraction of its species' sphere volume; default: each "
                              "method's best on the validation tomogram")
+    parser.add_argument("--checkpoint", choices=("f1", "dice"), default="f1",
+                        help="best checkpoint by mean picking F1 on the validation tomogram (rp-tomo-train's default) or "
+                             "by Dice loss on validation patches (the rule of the sections written before 2026-11-22)")
     parser.add_argument("--virtual-step", choices=("adam", "sgd"), default="sgd",
                         help="the unrolled update of the meta step: the optimiser's Adam step or a plain SGD step")
     parser.add_argument("--section", help="section of docs/benchmarks.md to write (default from --label-noise)")
@@ -209,7 +217,9 @@ def main() -> None:
         + (f"{args.min_fraction:g} of the species' sphere volume" if args.min_fraction is not None else
            "a fraction of the species' sphere volume chosen per run and species on the validation tomogram from "
            + ", ".join(f"{g:g}" for g in MIN_FRACTION_GRID) + " (the `size floors` column: tiny/small/medium/large per seed)")
-        + f"; {'Adam' if args.virtual_step == 'adam' else 'SGD'} virtual step in the meta (bi-level) updates.",
+        + f"; {'Adam' if args.virtual_step == 'adam' else 'SGD'} virtual step in the meta (bi-level) updates; best "
+        + ("checkpoint (of 8) by mean picking F1 on the validation tomogram." if args.checkpoint == "f1" else
+           "checkpoint (of 8) by Dice loss on 8 validation patches."),
         "",
         header,
         "|---" * (n_species + 3 + (args.min_fraction is None)) + "|",

@@ -3,6 +3,8 @@ patch-wise inference, clustering, and a tiny bi-level training run on CPU."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -427,3 +429,31 @@ def test_meta_warm_up_is_plain_training():
     late = run("robpicker", 3)
     assert "virtual_val_loss" in late.history[-1]
     assert any(not torch.equal(v, late.model.state_dict()[k]) for k, v in plain.model.state_dict().items())
+
+
+def test_checkpoint_score_chooses_the_checkpoint_and_leaves_training_alone():
+    """With ``checkpoint_score`` the kept checkpoint is the one of highest mean score (not lowest Dice loss),
+    and scoring (which puts the network in eval mode) does not change the training itself."""
+    vol, clean, noisy, centres = _tiny_data(5)
+    seen: list[dict] = []
+
+    def score(model) -> list[float]:
+        model.eval()  # as predict_volume does
+        with torch.no_grad():
+            model(torch.zeros(1, 1, 16, 16, 16))
+        seen.append(copy.deepcopy(model.state_dict()))
+        return [[0.1, 0.3], [0.9, 0.7], [0.5, 0.5]][len(seen) - 1]
+
+    def run(scorer):
+        tr = PatchSampler([vol], [noisy], [centres[:4]], 16, np.random.default_rng(0))
+        va = PatchSampler([vol], [clean], [centres], 16, np.random.default_rng(1), class_balanced=True)
+        cfg = TrainConfig(method="plain", iterations=6, batch=2, val_batch=2, eval_every=2, eval_patches=2, seed=3)
+        return train_picker(tr, va, 3, cfg, width=2, depth=2, checkpoint_score=scorer)
+
+    scored, unscored = run(score), run(None)
+    assert scored.best_iteration == 4
+    assert [h["validation_scores"] for h in scored.history] == [[0.1, 0.3], [0.9, 0.7], [0.5, 0.5]]
+    for k, v in scored.model.state_dict().items():
+        assert torch.equal(v, seen[1][k]), k
+    assert [h["loss"] for h in scored.history] == [h["loss"] for h in unscored.history]
+    assert [h["validation"] for h in scored.history] == [h["validation"] for h in unscored.history]

@@ -79,6 +79,11 @@ def test_train_writes_model_nodes_and_log(trained: Path):
     assert len(floors) == len(f1) == 2 and set(floors) <= set(MIN_FRACTION_GRID) and all(0 <= v <= 1 for v in f1)
     assert f"picking floors chosen on the validation tomograms (components of at least this fraction of the " \
            f"species' sphere volume): tiny {floors[0]:g} (F1 {f1[0]:.3f}), big {floors[1]:g}" in out
+    # the checkpoint kept is the one of best mean validation picking F1, and picking with it again gives its F1s
+    assert mf.meta["checkpoint"] == "f1" and "validation picking F1" in out
+    hist = {h["iteration"]: h["validation_scores"] for h in mf.meta["history"]}
+    assert np.mean(hist[mf.meta["best_iteration"]]) == max(np.mean(v) for v in hist.values())
+    assert f1 == pytest.approx(hist[mf.meta["best_iteration"]])
 
 
 def test_pick_writes_relion5_particles(trained: Path):

@@ -46,6 +46,10 @@ PARAMS = [
     Param("epsilon", 0.01, "finite-difference step of the hypergradient, relative to |grad L_val|", float, minimum=1e-8),
     Param("eval_every", 100, "validation loss (and best-checkpoint choice) every this many iterations", int,
           "iterations", minimum=1),
+    Param("checkpoint", "f1", "how the best checkpoint is chosen: f1 = mean picking F1 of the species on the whole "
+          "validation tomograms (each at its best size floor), dice = Dice loss on validation patches (cheaper: no "
+          "pass over whole tomograms; blind to one species' predictions spreading over the background)", str,
+          choices=("f1", "dice")),
     Param("species_column", "rlnClassNumber", "STAR column holding the species (1, 2, ...)", str),
     Param("angpix", -1.0, "voxel size of plain MRC tomograms; -1 = from their headers", float, "Å"),
     Param("model_name", "model.pt", "file name of the trained model in the job directory", str),
@@ -186,17 +190,24 @@ def run(ctx: JobContext) -> list[OutputNode]:
 
     def progress(record: dict) -> None:
         val_txt = f", validation Dice loss {record['validation']:.4f}" if "validation" in record else ""
+        if "validation_scores" in record:
+            val_txt += ", validation picking F1 " + " ".join(f"{v:.3f}" for v in record["validation_scores"])
         ctx.log(f" iteration {record['iteration']}/{cfg.iterations}: training loss {record['loss']:.4f}{val_txt}")
         ctx.progress(record["iteration"], cfg.iterations, "iterations")
 
+    validate = _validation_picking(ctx, val_vols, val_centres, radii, p["patch"], device) if val_vols else None
+
+    def checkpoint_score(model) -> list[float]:
+        return validate(model)[2]
+
     ctx.progress(0, cfg.iterations, "iterations")
     result = train_picker(train, val, n_species + 1, cfg, p["width"], depth, device,
-                          progress=progress, check_abort=ctx.check_abort)
+                          progress=progress, check_abort=ctx.check_abort,
+                          checkpoint_score=checkpoint_score if validate and p["checkpoint"] == "f1" else None)
     ctx.log(f" training took {result.seconds:.1f} s; best iteration {result.best_iteration}")
     min_fraction, val_f1, val_probs = [0.25] * n_species, None, []
-    if val_vols:
-        val_probs, min_fraction, val_f1 = _validated_floor(ctx, result.model, val_vols, val_centres, radii,
-                                                           p["patch"], device)
+    if validate is not None:
+        val_probs, min_fraction, val_f1 = validate(result.model)
         ctx.log(" picking floors chosen on the validation tomograms (components of at least this fraction of the "
                 "species' sphere volume): " + ", ".join(f"{n} {f:g} (F1 {v:.3f})" for n, f, v in
                                                           zip(names, min_fraction, val_f1)))
@@ -209,6 +220,8 @@ def run(ctx: JobContext) -> list[OutputNode]:
         "patch": p["patch"],
         "label_radius": p["label_radius"],
         "train_config": cfg.to_dict(),
+        "checkpoint": p["checkpoint"] if validate is not None else "last",
+        "best_iteration": result.best_iteration,
         "min_fraction": min_fraction,
         "validation_pick_f1": val_f1,
         "history": result.history,
@@ -241,14 +254,14 @@ def _components(labels: np.ndarray):
     return cluster_picks(onehot, min_voxels=1)
 
 
-def _validated_floor(ctx, model, vols, centres, radii, patch: int, device):
-    """Probabilities of the validation tomograms, and each species' component-size floor of best F1 on them."""
+def _validation_picking(ctx, vols, centres, radii, patch: int, device):
+    """A function of a model giving the probabilities of the validation tomograms, each species'
+    component-size floor of best F1 on them, and those F1s."""
     import pandas as pd
 
     from ..evaluate.tomo import species_scores
     from ..pick.tomo.infer import choose_min_fraction, predict_volume
 
-    probs = [predict_volume(model, v, patch, min(20, patch // 2), device, ctx.check_abort) for v in vols]
     truth = pd.concat(
         [pd.DataFrame(c[:, :4], columns=["x", "y", "z", "species"]).assign(tomo=i) for i, c in enumerate(centres)],
         ignore_index=True,
@@ -258,8 +271,12 @@ def _validated_floor(ctx, model, vols, centres, radii, patch: int, device):
     def f1(picks) -> dict[int, float]:
         return {s: v["f1"] for s, v in species_scores(picks, truth, match).items()}
 
-    floors, scores = choose_min_fraction(probs, f1, radii)
-    return probs, floors, scores
+    def validate(model):
+        probs = [predict_volume(model, v, patch, min(20, patch // 2), device, ctx.check_abort) for v in vols]
+        floors, scores = choose_min_fraction(probs, f1, radii)
+        return probs, floors, scores
+
+    return validate
 
 
 def _write_logfile(ctx, result, vols, names, p, radii, device, probs_done=(), min_fraction=0.25) -> None:
@@ -275,6 +292,9 @@ def _write_logfile(ctx, result, vols, names, p, radii, device, probs_done=(), mi
         series.append(("validation Dice loss (clean labels)", its, [h.get("validation", np.nan) for h in hist]))
     if any("virtual_val_loss" in h for h in hist):
         series.append(("validation loss after the virtual step", its, [h.get("virtual_val_loss", np.nan) for h in hist]))
+    if any("validation_scores" in h for h in hist):  # 1 - F1, on the losses' scale: lower is better
+        series.append(("1 - mean validation picking F1", its,
+                       [1 - np.mean(h["validation_scores"]) if "validation_scores" in h else np.nan for h in hist]))
     pages = [curves_figure(series, f"Losses ({p['method']}; best iteration {result.best_iteration})", "iteration",
                            "loss")]
     for k, (vol, name) in enumerate(zip(vols, names)):
