@@ -99,6 +99,10 @@ def run_method(method: str, seed: int, args) -> tuple:
 
     res = train_picker(train, val, len(species) + 1, tc, width=args.width, depth=4,
                        checkpoint_score=(lambda m: validate(m)[2]) if args.checkpoint == "f1" else None)
+    if args.checkpoint == "f1":  # how each species fared at each checkpoint
+        print(f"seed {seed}, {dict(METHODS)[method]}: validation F1 per checkpoint "
+              + "; ".join(f"{h['iteration']}: " + "/".join(f"{v:.2f}" for v in h["validation_scores"])
+                          for h in res.history), flush=True)  # fmt: skip
     floor = args.min_fraction
     if floor is None:  # the operating point of each method, chosen on the validation tomogram
         val_probs, floor, val_f1 = validate(res.model)
