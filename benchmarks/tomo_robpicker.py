@@ -83,7 +83,8 @@ def run_method(method: str, seed: int, args) -> tuple:
     train = PatchSampler([t.volume for t in train_t], [n[0] for n in noisy], [centres(n[1]) for n in noisy],
                          args.patch, np.random.default_rng(seed))
     val = PatchSampler([val_t.volume], [val_t.shape_labels], [centres(val_t.particles)], args.patch,
-                       np.random.default_rng(seed + 1), class_balanced=True, stratified=args.stratified_val)
+                       np.random.default_rng(seed + 1), class_balanced=True, stratified=args.stratified_val,
+                       background_stratum=args.val_background)
     tc = TrainConfig(method=method, iterations=args.iterations, batch=args.batch, learning_rate=args.learning_rate,
                      meta_lr=args.meta_lr, meta_interval=args.meta_interval, meta_start=args.meta_start, virtual_step=args.virtual_step,
                      eval_every=max(1, args.iterations // 8), eval_patches=8, seed=seed)
@@ -142,6 +143,8 @@ def main() -> None:
                         help="plain training for this many iterations before the first meta step")  # fmt: skip
     parser.add_argument("--stratified-val", action="store_true",
                         help="validation batches hold every species equally often (PatchSampler stratified)")
+    parser.add_argument("--val-background", action="store_true",
+                        help="validation patches: the background (patches anywhere) as one more class-balanced stratum")
     parser.add_argument("--train-tomograms", type=int, default=3)
     parser.add_argument("--test-tomograms", type=int, default=2)
     parser.add_argument("--shape", type=int, nargs=3, default=(80, 128, 128), help="nz ny nx")
@@ -214,6 +217,7 @@ def main() -> None:
         f"{args.meta_interval} iterations"
         + (f" after {args.meta_start} iterations of plain training (warm-up)" if args.meta_start else "")
         + ("; validation batches stratified by species" if args.stratified_val else "")
+        + ("; validation patches: background (anywhere) as one more stratum beside the species" if args.val_background else "")
         + f"; {args.threads} CPU thread(s) per run, {args.processes} run(s) side by side. "
         "F1 per species, matched within half the species' diameter; truth counts per seed: "
         + ", ".join(f"{species[s - 1][0]} {v['n_truth']}" for s, v in runs[args.methods[0]][0][0].items())

@@ -342,6 +342,14 @@ def test_patch_sampler_class_balanced():
         _, y = st.sample(2)
         assert [bool((y[i] == 2).any()) for i in range(2)] in ([True, False], [False, True])
     assert sorted(st._species_plan(5)[:4]) == [1, 1, 2, 2]
+    # the background as a third stratum: every batch of 3 holds one patch centred anywhere, which may miss
+    # both particle clusters (a particle-centred patch never does)
+    bg = PatchSampler([vol], [labels], [centres], 16, np.random.default_rng(0), class_balanced=True,
+                      stratified=True, augment=False, background_stratum=True)  # fmt: skip
+    assert sorted(bg._species_plan(3)) == [0, 1, 2]
+    _, y = bg.sample(300)
+    with_particle = (y > 0).flatten(1).any(1).float().mean().item()
+    assert 2 / 3 - 0.01 < with_particle < 0.9  # 1.0 without the background stratum
     s2 = PatchSampler([vol], [labels], [centres], 16, np.random.default_rng(0), augment=True)
     x2, y2 = s2.sample(4)
     assert set(np.unique(y2.numpy())) <= {0, 1, 2}

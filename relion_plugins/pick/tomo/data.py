@@ -17,7 +17,9 @@ class PatchSampler:
 
     Centres: with ``class_balanced`` a species is drawn uniformly first, then one of its particles (so a
     rare tiny species is seen as often as an abundant one), and with ``stratified`` too a batch holds every
-    species equally often (as far as its size allows), in random order; otherwise a listed particle with
+    species equally often (as far as its size allows), in random order; ``background_stratum`` adds the
+    background as one more "species" whose patches are centred anywhere in the volume (particle-centred
+    patches alone never show a species' predictions spreading over empty regions); otherwise a listed particle with
     probability ``particle_fraction`` and a uniform position in the volume otherwise. Each centre is
     shifted by up to a quarter patch, and with ``augment`` the patch is turned by a random multiple of 90°
     about z and flipped along random axes (the missing wedge stays along z).
@@ -34,6 +36,7 @@ class PatchSampler:
         stratified: bool = False,
         particle_fraction: float = 0.7,
         augment: bool = True,
+        background_stratum: bool = False,
     ):
         if not volumes:
             raise ValueError("no volumes to sample patches from")
@@ -56,6 +59,8 @@ class PatchSampler:
         self.particle_fraction = particle_fraction
         self.augment = augment
         self.species = np.unique(self.centres[:, 4]).astype(int) if len(self.centres) else np.zeros(0, int)
+        # stratum 0 = background (a uniform position), when asked for
+        self.strata = np.concatenate([[0], self.species]) if background_stratum else self.species
 
     def _species_plan(self, batch: int) -> list[int | None]:
         """The species each patch of a batch is centred on (None: drawn per patch). Drawn independently,
@@ -64,14 +69,16 @@ class PatchSampler:
         species holds them all. (On the SNR 0.5 benchmark that did not help RobPicker: docs/tomo_picker.md.)"""
         if not (self.class_balanced and self.stratified and len(self.centres)):
             return [None] * batch
-        rounds = -(-batch // len(self.species))
-        return [int(s) for s in np.concatenate([self.rng.permutation(self.species) for _ in range(rounds)])[:batch]]
+        rounds = -(-batch // len(self.strata))
+        return [int(s) for s in np.concatenate([self.rng.permutation(self.strata) for _ in range(rounds)])[:batch]]
 
     def _centre(self, species: int | None = None) -> tuple[int, np.ndarray]:
         rng = self.rng
-        if len(self.centres) and (self.class_balanced or rng.random() < self.particle_fraction):
+        if self.class_balanced and len(self.centres):
+            species = rng.choice(self.strata) if species is None else species
+        if len(self.centres) and species != 0 and (self.class_balanced or rng.random() < self.particle_fraction):
             if self.class_balanced:
-                s = rng.choice(self.species) if species is None else species
+                s = species
                 idx = np.flatnonzero(self.centres[:, 4] == s)
             else:
                 idx = np.arange(len(self.centres))
