@@ -176,7 +176,8 @@ class Runner:
         model = load_model(ds.project / train_job / "model.pt", picker="detr")
         thr = validated_threshold(ds, model, self.args.tta)
         t_pick = run_job(ds, pick_job, "rp-detr-pick", ["--in_mics", self.test_mics, "--model", f"{train_job}model.pt",
-                                                          "--threshold", "0", "--tta", str(self.args.tta)])  # fmt: skip
+                                                          "--threshold", "0", "--tta", str(self.args.tta),
+                                                          *([] if self.args.pick_nms else ["--nms", "No"])])  # fmt: skip
         return score(ds, picks_of(ds, pick_job), thr), t_train, t_pick
 
     def pu(self, tag: str, n: int, labels: dict) -> tuple:
@@ -253,6 +254,9 @@ def main() -> None:
                         help="decoder queries per expected particle in a crop (at least the model size's queries)")  # fmt: skip
     parser.add_argument("--pu_steps", type=int, default=200, help="PU minibatches")
     parser.add_argument("--tta", type=int, default=4, choices=[1, 4, 8], help="rp-detr-pick --tta (views)")
+    parser.add_argument("--no_pick_nms", dest="pick_nms", action="store_false",
+                        help="rp-detr-pick --nms No: the transformer's own set prediction, duplicates and all (the "
+                             "operating point stays the one validated with NMS: compare AUPR and best F1)")
     parser.add_argument("--reuse_training", action="store_true",
                         help="keep the finished train jobs of --workdir (their logged times count) and pick again")  # fmt: skip
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
@@ -360,7 +364,8 @@ def report(args: argparse.Namespace, rows: list[tuple], pretrain_s: dict[str, fl
         f"PU picker: resnet8 from its shipped weights, PN objective (every particle of its micrographs is labelled, "
         f"so the rest is negative; GE-binomial refuses a prior at the labelled fraction), {args.pu_steps} minibatches of 256. Every particle of the labelled micrographs is labelled. F1 at each "
         "picker's own operating point (detr: the validated threshold stored in the model for its views; PU: "
-        f"calibrated 0.5). Transformer picks with test-time augmentation over {args.tta} view(s) (`--tta {args.tta}`). "
+        f"calibrated 0.5). Transformer picks with test-time augmentation over {args.tta} view(s) (`--tta {args.tta}`)"
+        + ("" if args.pick_nms else ", without NMS (`--nms No`; the thresholds were validated with it)") + ". "
         + (REUSE_NOTE if args.reuse_training else "") +
         "EMPIAR-10017 has 14 training micrographs: its '20' row uses all 14. The full configuration (ResNet-50, "
         "6 + 6 layers, 300 queries) was not run: no GPU was available.",
