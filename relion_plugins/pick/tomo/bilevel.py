@@ -56,6 +56,7 @@ class TrainConfig:
     val_batch: int = 4
     eval_every: int = 50  # validation loss on fixed patches every this many iterations
     eval_patches: int = 8
+    val_loss: str = "dice"  # the meta networks' validation loss: "dice", or "dice_ce" (+ mean voxel cross-entropy)
     lc_hidden: int = 16
     dr_hidden: int = 500
     seed: int = 0
@@ -240,8 +241,21 @@ def class_normalised(weights: torch.Tensor, labels: torch.Tensor, n_classes: int
     return (flat / (means[idx] + 1e-8)).reshape(weights.shape)
 
 
-def _val_loss(model: UNet3D, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return dice_loss(model(x)[0], target)
+VAL_LOSSES = ("dice", "dice_ce")
+
+
+def validation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "dice") -> torch.Tensor:
+    """The loss on clean validation labels. A class absent from a batch has Dice loss ~1 however many voxels
+    are wrongly given to it, so Dice alone cannot tell the meta networks that a species spreads over the
+    background; ``dice_ce`` adds the mean voxel cross-entropy, which counts every such voxel."""
+    loss = dice_loss(logits, target)
+    if kind == "dice_ce":
+        loss = loss + voxel_cross_entropy(logits, target).mean()
+    return loss
+
+
+def _val_loss(model: UNet3D, x: torch.Tensor, target: torch.Tensor, kind: str = "dice") -> torch.Tensor:
+    return validation_loss(model(x)[0], target, kind)
 
 
 def train_picker(
@@ -276,6 +290,8 @@ def train_picker(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     meta_params = [p for m in (lc, dr) if m is not None for p in m.parameters()]
     meta_opt = torch.optim.Adam(meta_params, lr=cfg.meta_lr) if meta_params else None
+    if cfg.val_loss not in VAL_LOSSES:
+        raise ValueError(f"unknown validation loss {cfg.val_loss!r}; known: {', '.join(VAL_LOSSES)}")
     if cfg.virtual_step not in ("adam", "sgd"):
         raise ValueError(f"unknown virtual step {cfg.virtual_step!r}; known: adam, sgd")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -295,7 +311,7 @@ def train_picker(
             losses = []
             for i in range(0, len(xs), 2):
                 logits, _ = model(xs[i : i + 2])
-                losses.append(dice_loss(logits, one_hot(ys[i : i + 2], n_classes)).item())
+                losses.append(validation_loss(logits, one_hot(ys[i : i + 2], n_classes), cfg.val_loss).item())
         model.train()
         return float(np.mean(losses))
 
@@ -322,7 +338,7 @@ def train_picker(
                     params,
                     meta_params,
                     functools.partial(robust_train_loss, model, x, y, lc, dr, frozen=frozen),
-                    functools.partial(_val_loss, model, xv, target_v),
+                    functools.partial(_val_loss, model, xv, target_v, kind=cfg.val_loss),
                     virtual,
                     cfg.epsilon,
                 )
