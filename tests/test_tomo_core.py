@@ -465,3 +465,28 @@ def test_checkpoint_score_chooses_the_checkpoint_and_leaves_training_alone():
         assert torch.equal(v, seen[1][k]), k
     assert [h["loss"] for h in scored.history] == [h["loss"] for h in unscored.history]
     assert [h["validation"] for h in scored.history] == [h["validation"] for h in unscored.history]
+
+
+def test_validation_loss_with_cross_entropy_sees_a_class_spreading_where_it_is_absent():
+    """Class 2 is absent from the batch: its own Dice loss is about 1 however many voxels are given to it, and
+    only the background's Dice notices them, by their share of the volume over the number of classes; the
+    cross-entropy counts each such voxel by how wrong it is."""
+    from relion_plugins.pick.tomo.bilevel import validation_loss
+
+    target = one_hot(torch.zeros(1, 16, 16, 16, dtype=torch.long), 3)
+    target[0, :, :2] = 0
+    target[0, 1, :2] = 1  # class 1 in two slices, class 2 nowhere
+
+    def logits(n: int) -> torch.Tensor:
+        out = 6.0 * (2 * target - 1)  # confident and right ...
+        out[0, 2, 2 : 2 + n] = 12.0  # ... except in n slices claimed by class 2
+        return out
+
+    dice = float(validation_loss(logits(2), target) - validation_loss(logits(1), target))
+    dice_ce = float(validation_loss(logits(2), target, "dice_ce") - validation_loss(logits(1), target, "dice_ce"))
+    assert 0 < dice < 0.03
+    assert dice_ce > 10 * dice
+    vol, clean, noisy, centres = _tiny_data(1)
+    tr = PatchSampler([vol], [noisy], [centres[:4]], 16, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="validation loss"):
+        train_picker(tr, tr, 3, TrainConfig(method="plain", iterations=1, val_loss="mse"), width=2, depth=2)
