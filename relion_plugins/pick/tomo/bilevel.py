@@ -246,8 +246,10 @@ VAL_LOSSES = ("dice", "dice_ce")
 
 def validation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "dice") -> torch.Tensor:
     """The loss on clean validation labels. A class absent from a batch has Dice loss ~1 however many voxels
-    are wrongly given to it, so Dice alone cannot tell the meta networks that a species spreads over the
-    background; ``dice_ce`` adds the mean voxel cross-entropy, which counts every such voxel."""
+    are wrongly given to it; only the background's Dice notices them, diluted by the background's size and
+    the number of classes, so Dice hardly tells the meta networks that a species spreads over the
+    background. ``dice_ce`` adds the mean voxel cross-entropy, which counts each such voxel by how wrong it
+    is (some 30 times the signal in ``tests/test_tomo_core.py``)."""
     loss = dice_loss(logits, target)
     if kind == "dice_ce":
         loss = loss + voxel_cross_entropy(logits, target).mean()
@@ -276,8 +278,9 @@ def train_picker(
     The best checkpoint is the one of lowest Dice loss on the fixed validation patches, or, with
     ``checkpoint_score``, of highest mean score (e.g. each species' picking F1 on whole validation
     tomograms; ties: lower Dice loss). The patches are centred on particles and the Dice loss is a mean over
-    classes, so it can keep improving while one species' predictions spread over the background: on the
-    SNR 0.25 benchmark one run chose a checkpoint whose small species had validation F1 0.025."""
+    classes, so it can keep improving while one species' predictions spread over the background (on the
+    SNR 0.25 benchmark one run kept a checkpoint whose small species had validation F1 0.025); picking F1
+    measures what the picker will do."""
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; known: {', '.join(METHODS)}")
     if cfg.method != "plain" and val is None:
