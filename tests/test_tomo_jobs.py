@@ -130,13 +130,18 @@ def test_train_with_exact_label_maps_in_process(trained: Path, monkeypatch):
     job = "External/job040/"
     args = ["--o", job, "--in_mics", "Tomograms/job006/tomograms.star", "--in_parts", "Picks/job009/particles.star",
             "--val_label_maps", "Labels/*.mrc", "--diameters", "60 150", "--method", "lc", "--virtual_step", "adam",
-            *TINY, "--j", "1"]
+            "--val_loss", "dice_ce", "--checkpoint", "dice", *TINY, "--j", "1"]
     assert ext.launch("tomo_train", args) == 0
     mf = load_model(trained / job / "model.pt", picker="tomo")
     assert mf.meta["train_config"]["method"] == "lc" and mf.meta["train_config"]["virtual_step"] == "adam"
     assert mf.meta["provenance"]["validation_tomograms"] == ["TS_03"]
     assert mf.meta["provenance"]["train_tomograms"] == ["TS_01", "TS_02"]
     assert all("alpha" in h for h in mf.meta["history"])
+    # Dice + cross-entropy for the meta networks, the best checkpoint by that loss (no picking F1 per checkpoint)
+    assert mf.meta["train_config"]["val_loss"] == "dice_ce" and mf.meta["checkpoint"] == "dice"
+    assert not any("validation_scores" in h for h in mf.meta["history"])
+    best = min(mf.meta["history"], key=lambda h: h["validation"])
+    assert mf.meta["best_iteration"] == best["iteration"]
 
 
 def _fails(project: Path, job: str, module: str, args: list[str], capsys, monkeypatch) -> str:
