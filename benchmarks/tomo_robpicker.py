@@ -144,7 +144,7 @@ def main() -> None:
                         help="plain training for this many iterations before the first meta step")  # fmt: skip
     parser.add_argument("--stratified-val", action="store_true",
                         help="validation batches hold every species equally often (PatchSampler stratified)")
-    parser.add_argument("--val-loss", choices=("dice", "dice_ce"), default="dice",
+    parser.add_argument("--val-loss", choices=("dice", "dice_ce", "dice_cbce"), default="dice",
                         help="the meta networks' validation loss (and the checkpoint Dice): Dice, or Dice + cross-entropy")
     parser.add_argument("--val-background", action="store_true",
                         help="validation patches: the background (patches anywhere) as one more class-balanced stratum")
@@ -221,7 +221,8 @@ def main() -> None:
         + (f" after {args.meta_start} iterations of plain training (warm-up)" if args.meta_start else "")
         + ("; validation batches stratified by species" if args.stratified_val else "")
         + ("; validation patches: background (anywhere) as one more stratum beside the species" if args.val_background else "")
-        + ("; validation loss Dice + voxel cross-entropy" if args.val_loss == "dice_ce" else "")
+        + {"dice": "", "dice_ce": "; validation loss Dice + voxel cross-entropy",
+           "dice_cbce": "; validation loss Dice + class-balanced voxel cross-entropy"}[args.val_loss]
         + f"; {args.threads} CPU thread(s) per run, {args.processes} run(s) side by side. "
         "F1 per species, matched within half the species' diameter; truth counts per seed: "
         + ", ".join(f"{species[s - 1][0]} {v['n_truth']}" for s, v in runs[args.methods[0]][0][0].items())

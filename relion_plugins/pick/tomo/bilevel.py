@@ -56,7 +56,7 @@ class TrainConfig:
     val_batch: int = 4
     eval_every: int = 50  # validation loss on fixed patches every this many iterations
     eval_patches: int = 8
-    val_loss: str = "dice"  # the meta networks' validation loss: "dice", or "dice_ce" (+ mean voxel cross-entropy)
+    val_loss: str = "dice"  # the meta networks' validation loss: "dice", "dice_ce" (+ mean voxel cross-entropy), "dice_cbce" (+ class-balanced)
     lc_hidden: int = 16
     dr_hidden: int = 500
     seed: int = 0
@@ -241,7 +241,7 @@ def class_normalised(weights: torch.Tensor, labels: torch.Tensor, n_classes: int
     return (flat / (means[idx] + 1e-8)).reshape(weights.shape)
 
 
-VAL_LOSSES = ("dice", "dice_ce")
+VAL_LOSSES = ("dice", "dice_ce", "dice_cbce")
 
 
 def validation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "dice") -> torch.Tensor:
@@ -253,6 +253,11 @@ def validation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "dic
     loss = dice_loss(logits, target)
     if kind == "dice_ce":
         loss = loss + voxel_cross_entropy(logits, target).mean()
+    elif kind == "dice_cbce":  # class-balanced: the mean over each true class's voxels, averaged over the classes present
+        ce = voxel_cross_entropy(logits, target)
+        per_class = (ce[:, None] * target).sum((0, 2, 3, 4)) / target.sum((0, 2, 3, 4)).clamp(min=1)
+        present = target.sum((0, 2, 3, 4)) > 0
+        loss = loss + per_class[present].mean()
     return loss
 
 
