@@ -490,3 +490,22 @@ def test_validation_loss_with_cross_entropy_sees_a_class_spreading_where_it_is_a
     tr = PatchSampler([vol], [noisy], [centres[:4]], 16, np.random.default_rng(0))
     with pytest.raises(ValueError, match="validation loss"):
         train_picker(tr, tr, 3, TrainConfig(method="plain", iterations=1, val_loss="mse"), width=2, depth=2)
+
+
+def test_class_balanced_validation_loss_weighs_a_rare_class_as_the_background():
+    """Missing the 8 voxels of a rare class barely moves the mean cross-entropy over 4096 voxels; the
+    class-balanced one counts the rare class as much as the background."""
+    from relion_plugins.pick.tomo.bilevel import validation_loss
+
+    labels = torch.zeros(1, 16, 16, 16, dtype=torch.long)
+    labels[0, 7:9, 7:9, 7:9] = 1
+    target = one_hot(labels, 2)
+    right = 6.0 * (2 * target - 1)
+    missed = right.clone()
+    missed[0, :, 7:9, 7:9, 7:9] = right[0, :, 0:2, 0:2, 0:2]  # the rare voxels called background
+
+    def rise(kind: str) -> float:
+        return float(validation_loss(missed, target, kind) - validation_loss(right, target, kind))
+
+    assert rise("dice_ce") - rise("dice") < 0.05
+    assert rise("dice_cbce") - rise("dice") > 5.0
