@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_line, run_args, update_section  # noqa: E402
 
 from relion_plugins.evaluate.tomo import species_scores  # noqa: E402
+from relion_plugins.jobs._tomo import validation_picking  # noqa: E402
 from relion_plugins.pick.tomo.bilevel import TrainConfig, train_picker  # noqa: E402
 from relion_plugins.pick.tomo.data import PatchSampler  # noqa: E402
 from relion_plugins.pick.tomo.infer import (  # noqa: E402
     MIN_FRACTION_GRID,
-    choose_min_fraction,
     cluster_picks,
     predict_volume,
 )
@@ -89,15 +89,8 @@ def run_method(method: str, seed: int, args) -> tuple:
                      meta_lr=args.meta_lr, meta_interval=args.meta_interval, meta_start=args.meta_start, virtual_step=args.virtual_step,
                      val_loss=args.val_loss,
                      eval_every=max(1, args.iterations // 8), eval_patches=8, seed=seed)
-    val_truth = val_t.particles.assign(tomo=0)
-
-    def f1(picks) -> dict[int, float]:
-        return {s: v["f1"] for s, v in species_scores(picks, val_truth, radii).items()}
-
-    def validate(model) -> tuple[np.ndarray, list[float], list[float]]:
-        """As rp-tomo-train: the validation tomogram's probabilities, each species' best size floor and F1."""
-        val_probs = predict_volume(model, val_t.volume, patch=48, overlap=16)
-        return (val_probs, *choose_min_fraction([val_probs], f1, radius_list))
+    # as rp-tomo-train: the validation tomogram's probabilities, each species' best size floor and F1
+    validate = validation_picking([val_t.volume], [centres(val_t.particles)], radius_list, patch=48, overlap=16)
 
     res = train_picker(train, val, len(species) + 1, tc, width=args.width, depth=4,
                        checkpoint_score=(lambda m: validate(m)[2]) if args.checkpoint == "f1" else None)
@@ -107,7 +100,7 @@ def run_method(method: str, seed: int, args) -> tuple:
                           for h in res.history), flush=True)  # fmt: skip
     floor = args.min_fraction
     if floor is None:  # the operating point of each method, chosen on the validation tomogram
-        val_probs, floor, val_f1 = validate(res.model)
+        (val_probs,), floor, val_f1 = validate(res.model)
         if args.save_probs:
             args.save_probs.mkdir(parents=True, exist_ok=True)
             np.save(args.save_probs / f"{method}_{seed}_val.npy", val_probs.astype(np.float16))
@@ -145,7 +138,8 @@ def main() -> None:
     parser.add_argument("--stratified-val", action="store_true",
                         help="validation batches hold every species equally often (PatchSampler stratified)")
     parser.add_argument("--val-loss", choices=("dice", "dice_ce", "dice_cbce"), default="dice",
-                        help="the meta networks' validation loss (and the checkpoint Dice): Dice, or Dice + cross-entropy")
+                        help="the meta networks' validation loss (and the checkpoint Dice): Dice, Dice + cross-entropy, or Dice + "
+                             "class-balanced cross-entropy")
     parser.add_argument("--val-background", action="store_true",
                         help="validation patches: the background (patches anywhere) as one more class-balanced stratum")
     parser.add_argument("--train-tomograms", type=int, default=3)

@@ -1,4 +1,4 @@
-"""Glue shared by the tomogram train and pick jobs: inputs, volumes, logfile pages."""
+"""Glue shared by the tomogram train and pick jobs: inputs, volumes, validation picking, logfile pages."""
 
 from __future__ import annotations
 
@@ -31,6 +31,31 @@ def read_volume(tomo: Tomogram) -> np.ndarray:
     if data.ndim != 3:
         raise JobFailed(f"{tomo.path} is not a 3D volume")
     return data
+
+
+def validation_picking(vols: list[np.ndarray], centres: list[np.ndarray], radii, patch: int, overlap: int,
+                       device="cpu", check_abort=None):
+    """``model -> (probabilities of each validation tomogram, each species' component-size floor of best F1 on
+    them, those F1s)``, for validation tomograms ``vols`` with true ``centres`` (rows x, y, z, species) and
+    species ``radii`` in voxels (a pick matches within the radius, at least 2 voxels)."""
+    from ..evaluate.tomo import species_scores
+    from ..pick.tomo.infer import choose_min_fraction, predict_volume
+
+    truth = pd.concat(
+        [pd.DataFrame(c[:, :4], columns=["x", "y", "z", "species"]).assign(tomo=i) for i, c in enumerate(centres)],
+        ignore_index=True,
+    )
+    match = {s + 1: max(2.0, float(r)) for s, r in enumerate(radii)}
+
+    def f1(picks) -> dict[int, float]:
+        return {s: v["f1"] for s, v in species_scores(picks, truth, match).items()}
+
+    def validate(model):
+        probs = [predict_volume(model, v, patch, overlap, device, check_abort) for v in vols]
+        floors, scores = choose_min_fraction(probs, f1, radii)
+        return probs, floors, scores
+
+    return validate
 
 
 def species_radii(diameters_A: list[float], angpix: float) -> np.ndarray:

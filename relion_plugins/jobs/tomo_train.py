@@ -16,7 +16,7 @@ import glob
 import numpy as np
 
 from ..relion.external import JobContext, JobFailed, JobSpec, OutputNode, Param
-from ._tomo import load_tomograms, read_volume, species_radii
+from ._tomo import load_tomograms, read_volume, species_radii, validation_picking
 
 PARAMS = [
     Param("tomograms", "", "tomograms if not in --in_mics: a tomograms STAR or MRC files / glob patterns", str),
@@ -199,7 +199,8 @@ def run(ctx: JobContext) -> list[OutputNode]:
         ctx.log(f" iteration {record['iteration']}/{cfg.iterations}: training loss {record['loss']:.4f}{val_txt}")
         ctx.progress(record["iteration"], cfg.iterations, "iterations")
 
-    validate = _validation_picking(ctx, val_vols, val_centres, radii, p["patch"], device) if val_vols else None
+    validate = (validation_picking(val_vols, val_centres, radii, p["patch"], min(20, p["patch"] // 2), device,
+                                   ctx.check_abort) if val_vols else None)
 
     def checkpoint_score(model) -> list[float]:
         return validate(model)[2]
@@ -256,31 +257,6 @@ def _components(labels: np.ndarray):
 
     onehot = np.stack([labels == c for c in range(int(labels.max()) + 1)]).astype(np.float32)
     return cluster_picks(onehot, min_voxels=1)
-
-
-def _validation_picking(ctx, vols, centres, radii, patch: int, device):
-    """A function of a model giving the probabilities of the validation tomograms, each species'
-    component-size floor of best F1 on them, and those F1s."""
-    import pandas as pd
-
-    from ..evaluate.tomo import species_scores
-    from ..pick.tomo.infer import choose_min_fraction, predict_volume
-
-    truth = pd.concat(
-        [pd.DataFrame(c[:, :4], columns=["x", "y", "z", "species"]).assign(tomo=i) for i, c in enumerate(centres)],
-        ignore_index=True,
-    )
-    match = {s + 1: max(2.0, float(r)) for s, r in enumerate(radii)}
-
-    def f1(picks) -> dict[int, float]:
-        return {s: v["f1"] for s, v in species_scores(picks, truth, match).items()}
-
-    def validate(model):
-        probs = [predict_volume(model, v, patch, min(20, patch // 2), device, ctx.check_abort) for v in vols]
-        floors, scores = choose_min_fraction(probs, f1, radii)
-        return probs, floors, scores
-
-    return validate
 
 
 def _write_logfile(ctx, result, vols, names, p, radii, device, probs_done=(), min_fraction=0.25) -> None:
