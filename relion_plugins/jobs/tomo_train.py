@@ -47,7 +47,8 @@ PARAMS = [
     Param("eval_every", 100, "validation loss (and best-checkpoint choice) every this many iterations", int,
           "iterations", minimum=1),
     Param("val_loss", "dice", "the meta networks' validation loss: dice, or dice_ce (Dice + voxel cross-entropy: on our "
-          "SNR 0.25 benchmark it stopped the small species collapsing onto the background, at some cost to the tiny one)",
+          "SNR 0.25 benchmark it stopped the small species collapsing onto the background on one seed, but made it "
+          "under-called on another; see docs/tomo_picker.md)",
           str, choices=("dice", "dice_ce")),
     Param("checkpoint", "f1", "how the best checkpoint is chosen: f1 = mean picking F1 of the species on the whole "
           "validation tomograms (each at its best size floor), dice = Dice loss on validation patches (cheaper: no "
