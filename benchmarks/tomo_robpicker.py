@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import machine_line, run_args, update_section  # noqa: E402
+from _report import device_words, machine_line, run_args, update_section  # noqa: E402
 
 from relion_plugins.evaluate.tomo import species_scores  # noqa: E402
 from relion_plugins.jobs._tomo import validation_picking  # noqa: E402
@@ -75,6 +75,7 @@ def run_method(method: str, seed: int, args) -> tuple:
     import pandas as pd
 
     torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.gpu else "cpu")
     cfg, train_t, val_t, test_t, noisy = simulate(args, seed)
     species = test_t[0].species
     radii = {s + 1: max(2.0, 0.5 * d / cfg.angpix) for s, (_, d) in enumerate(species)}
@@ -90,9 +91,10 @@ def run_method(method: str, seed: int, args) -> tuple:
                      val_loss=args.val_loss,
                      eval_every=max(1, args.iterations // 8), eval_patches=8, seed=seed)
     # as rp-tomo-train: the validation tomogram's probabilities, each species' best size floor and F1
-    validate = validation_picking([val_t.volume], [centres(val_t.particles)], radius_list, patch=48, overlap=16)
+    validate = validation_picking([val_t.volume], [centres(val_t.particles)], radius_list, patch=48, overlap=16,
+                                  device=device)
 
-    res = train_picker(train, val, len(species) + 1, tc, width=args.width, depth=4,
+    res = train_picker(train, val, len(species) + 1, tc, width=args.width, depth=4, device=device,
                        checkpoint_score=(lambda m: validate(m)[2]) if args.checkpoint == "f1" else None)
     if args.checkpoint == "f1":  # how each species fared at each checkpoint
         print(f"seed {seed}, {dict(METHODS)[method]}: validation F1 per checkpoint "
@@ -109,7 +111,7 @@ def run_method(method: str, seed: int, args) -> tuple:
     t1 = time.monotonic()
     picks = []
     for i, t in enumerate(test_t):
-        probs = predict_volume(res.model, t.volume, patch=48, overlap=16)
+        probs = predict_volume(res.model, t.volume, patch=48, overlap=16, device=device)
         if args.save_probs:
             args.save_probs.mkdir(parents=True, exist_ok=True)
             np.save(args.save_probs / f"{method}_{seed}_{i}.npy", probs.astype(np.float16))
@@ -148,6 +150,7 @@ def main() -> None:
     parser.add_argument("--snr", type=float, default=2.0, help="signal variance in particles / noise variance")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per method")
     parser.add_argument("--processes", type=int, default=1, help="methods trained side by side")
+    parser.add_argument("--gpu", action="store_true", help="train and pick on the first CUDA GPU (default: CPU)")
     parser.add_argument("--methods", nargs="+", default=[m for m, _ in METHODS])
     parser.add_argument("--quick", action="store_true", help="a few iterations on small tomograms (smoke test)")
     parser.add_argument("--label-noise", choices=sorted(NOISE), default="moderate",
@@ -168,6 +171,8 @@ def main() -> None:
     parser.add_argument("--save-probs", type=Path, help="keep each method's class probabilities of the test tomograms here")
     parser.add_argument("--no-report", action="store_true", help="do not write docs/benchmarks.md")
     args = parser.parse_args()
+    if args.gpu and not torch.cuda.is_available():
+        parser.error("--gpu: torch sees no CUDA GPU on this machine")
     if args.quick:
         args.iterations, args.shape, args.train_tomograms, args.test_tomograms = 20, (48, 64, 64), 1, 1
     preset = NOISE[args.label_noise]
@@ -217,7 +222,8 @@ def main() -> None:
         + ("; validation patches: background (anywhere) as one more stratum beside the species" if args.val_background else "")
         + {"dice": "", "dice_ce": "; validation loss Dice + voxel cross-entropy",
            "dice_cbce": "; validation loss Dice + class-balanced voxel cross-entropy"}[args.val_loss]
-        + f"; {args.threads} CPU thread(s) per run, {args.processes} run(s) side by side. "
+        + f"; {device_words(torch.device('cuda' if args.gpu else 'cpu'), args.threads)} per run, "
+        f"{args.processes} run(s) side by side. "
         "F1 per species, matched within half the species' diameter; truth counts per seed: "
         + ", ".join(f"{species[s - 1][0]} {v['n_truth']}" for s, v in runs[args.methods[0]][0][0].items())
         + f". Mean ± sd over {len(args.seeds)} seed(s); picks: connected components of at least "
