@@ -70,12 +70,17 @@ def fmt_floor(floor) -> str:
     return "/".join(f"{f:g}" for f in floor) if isinstance(floor, list) else f"{floor:g}"
 
 
+def run_device(args) -> torch.device:
+    """Where every method trains, validates and picks."""
+    return torch.device("cuda" if args.gpu else "cpu")
+
+
 def run_method(method: str, seed: int, args) -> tuple:
     """Train one method on the data simulated for ``seed`` and score its picks on the test tomograms."""
     import pandas as pd
 
     torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.gpu else "cpu")
+    device = run_device(args)
     cfg, train_t, val_t, test_t, noisy = simulate(args, seed)
     species = test_t[0].species
     radii = {s + 1: max(2.0, 0.5 * d / cfg.angpix) for s, (_, d) in enumerate(species)}
@@ -222,7 +227,7 @@ def main() -> None:
         + ("; validation patches: background (anywhere) as one more stratum beside the species" if args.val_background else "")
         + {"dice": "", "dice_ce": "; validation loss Dice + voxel cross-entropy",
            "dice_cbce": "; validation loss Dice + class-balanced voxel cross-entropy"}[args.val_loss]
-        + f"; {device_words(torch.device('cuda' if args.gpu else 'cpu'), args.threads)} per run, "
+        + f"; {device_words(run_device(args), args.threads)} per run, "
         f"{args.processes} run(s) side by side. "
         "F1 per species, matched within half the species' diameter; truth counts per seed: "
         + ", ".join(f"{species[s - 1][0]} {v['n_truth']}" for s, v in runs[args.methods[0]][0][0].items())

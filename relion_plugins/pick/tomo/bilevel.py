@@ -255,9 +255,9 @@ def validation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "dic
         loss = loss + voxel_cross_entropy(logits, target).mean()
     elif kind == "dice_cbce":  # class-balanced: the mean over each true class's voxels, averaged over the classes present
         ce = voxel_cross_entropy(logits, target)
-        per_class = (ce[:, None] * target).sum((0, 2, 3, 4)) / target.sum((0, 2, 3, 4)).clamp(min=1)
-        present = target.sum((0, 2, 3, 4)) > 0
-        loss = loss + per_class[present].mean()
+        n_voxels = target.sum((0, 2, 3, 4))
+        per_class = (ce[:, None] * target).sum((0, 2, 3, 4)) / n_voxels.clamp(min=1)
+        loss = loss + per_class[n_voxels > 0].mean()
     return loss
 
 
