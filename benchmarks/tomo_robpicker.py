@@ -93,7 +93,7 @@ def run_method(method: str, seed: int, args) -> tuple:
                        background_stratum=args.val_background)
     tc = TrainConfig(method=method, iterations=args.iterations, batch=args.batch, learning_rate=args.learning_rate,
                      meta_lr=args.meta_lr, meta_interval=args.meta_interval, meta_start=args.meta_start, virtual_step=args.virtual_step,
-                     val_loss=args.val_loss,
+                     val_loss=args.val_loss, dr_floor=args.dr_floor, dr_ceiling=args.dr_ceiling,
                      eval_every=max(1, args.iterations // 8), eval_patches=8, seed=seed)
     # as rp-tomo-train: the validation tomogram's probabilities, each species' best size floor and F1
     validate = validation_picking([val_t.volume], [centres(val_t.particles)], radius_list, patch=48, overlap=16,
@@ -104,6 +104,7 @@ def run_method(method: str, seed: int, args) -> tuple:
     if args.checkpoint == "f1":  # how each species fared at each checkpoint
         print(f"seed {seed}, {dict(METHODS)[method]}: validation F1 per checkpoint "
               + "; ".join(f"{h['iteration']}: " + "/".join(f"{v:.2f}" for v in h["validation_scores"])
+                          + (f" (DR weights below 0.5: {h['weight_below_half']:.0%})" if "weight_below_half" in h else "")
                           for h in res.history), flush=True)  # fmt: skip
     floor = args.min_fraction
     if floor is None:  # the operating point of each method, chosen on the validation tomogram
@@ -172,6 +173,10 @@ def main() -> None:
                              "by Dice loss on validation patches (the rule of the sections written before 2026-11-22)")
     parser.add_argument("--virtual-step", choices=("adam", "sgd"), default="sgd",
                         help="the unrolled update of the meta step: the optimiser's Adam step or a plain SGD step")
+    parser.add_argument("--dr-floor", type=float, default=TrainConfig.dr_floor,
+                        help="least weight DR may give a voxel: w = floor + (1 - floor) * DR's class-normalised weight")
+    parser.add_argument("--dr-ceiling", type=float, default=TrainConfig.dr_ceiling,
+                        help="most weight DR may give a voxel, as a multiple of its label class's mean (0: no cap)")
     parser.add_argument("--section", help="section of docs/benchmarks.md to write (default from --label-noise)")
     parser.add_argument("--save-probs", type=Path, help="keep each method's class probabilities of the test tomograms here")
     parser.add_argument("--no-report", action="store_true", help="do not write docs/benchmarks.md")
@@ -227,6 +232,8 @@ def main() -> None:
         + ("; validation patches: background (anywhere) as one more stratum beside the species" if args.val_background else "")
         + {"dice": "", "dice_ce": "; validation loss Dice + voxel cross-entropy",
            "dice_cbce": "; validation loss Dice + class-balanced voxel cross-entropy"}[args.val_loss]
+        + (f"; DR weights at least {args.dr_floor:g}" if args.dr_floor else "")
+        + (f"; DR weights at most {args.dr_ceiling:g} x their class mean" if args.dr_ceiling else "")
         + f"; {device_words(run_device(args), args.threads)} per run, "
         f"{args.processes} run(s) side by side. "
         "F1 per species, matched within half the species' diameter; truth counts per seed: "

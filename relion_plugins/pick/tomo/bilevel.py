@@ -59,6 +59,8 @@ class TrainConfig:
     val_loss: str = "dice"  # the meta networks' validation loss: "dice", "dice_ce" (+ mean voxel cross-entropy), "dice_cbce" (+ class-balanced)
     lc_hidden: int = 16
     dr_hidden: int = 500
+    dr_floor: float = 0.0  # every voxel keeps at least this weight: w = floor + (1 - floor) * DR's weight (0-1)
+    dr_ceiling: float = 0.0  # no voxel weighs more than this many times its label class's mean (0 = no limit)
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -189,6 +191,8 @@ def robust_train_loss(
     meta_grad: bool = True,
     frozen: dict | None = None,
     stats: dict | None = None,
+    dr_floor: float = 0.0,
+    dr_ceiling: float = 0.0,
 ) -> torch.Tensor:
     """Training loss on noisy labels ``y``: multi-class Dice (each class pooled over the batch, as the
     validation loss and DeepFinder) against the LC-corrected labels (when ``lc``), each voxel counted with
@@ -199,6 +203,7 @@ def robust_train_loss(
     the outputs keep their graph to the meta networks. ``frozen`` (a dict, filled on the first call)
     keeps those inputs from the first evaluation, so that the finite-difference evaluations at
     ``w +- eps g`` differentiate the same function as autograd through the unrolled step does.
+    ``dr_floor`` and ``dr_ceiling`` bound DR's weights (see :func:`bounded_weights`).
     """
     logits, features = net(x)
     target = one_hot(y, logits.shape[1])
@@ -220,9 +225,10 @@ def robust_train_loss(
     if frozen is not None:
         voxel_loss = frozen.setdefault("voxel_loss", voxel_loss)
     with ctx:
-        w = class_normalised(dr(voxel_loss), y, logits.shape[1])
+        w = bounded_weights(class_normalised(dr(voxel_loss), y, logits.shape[1]), dr_floor, dr_ceiling)
     if stats is not None:
         stats.setdefault("weight_sd", []).append(float(w.detach().std()))
+        stats.setdefault("weight_below_half", []).append(float((w.detach() < 0.5).float().mean()))
     return weighted_dice_loss(logits, target, w)
 
 
@@ -239,6 +245,23 @@ def class_normalised(weights: torch.Tensor, labels: torch.Tensor, n_classes: int
     counts = torch.bincount(idx, minlength=n_classes).to(flat.dtype)
     means = sums / counts.clamp(min=1)
     return (flat / (means[idx] + 1e-8)).reshape(weights.shape)
+
+
+def bounded_weights(weights: torch.Tensor, floor: float = 0.0, ceiling: float = 0.0) -> torch.Tensor:
+    """Class-normalised weights (mean 1 per label class) capped at ``ceiling`` (0: no cap) and mixed with
+    uniform weights, ``floor + (1 - floor) * w``, so that no voxel weighs less than ``floor``.
+
+    DR weighs a voxel by its loss alone. Once the network misses a species, that species' voxels have high
+    loss; a DR that down-weights high losses (as it should for wrong labels) then drops them from the loss,
+    and the network is never pulled back (see docs/tomo_picker.md): the floor keeps every voxel in play.
+    """
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError(f"dr_floor must lie in [0, 1], got {floor}")
+    if ceiling < 0.0 or 0.0 < ceiling < 1.0:
+        raise ValueError(f"dr_ceiling must be 0 (no cap) or at least 1, got {ceiling}")
+    if ceiling:
+        weights = weights.clamp(max=ceiling)
+    return floor + (1.0 - floor) * weights if floor else weights
 
 
 VAL_LOSSES = ("dice", "dice_ce", "dice_cbce")
@@ -302,6 +325,8 @@ def train_picker(
         raise ValueError(f"unknown validation loss {cfg.val_loss!r}; known: {', '.join(VAL_LOSSES)}")
     if cfg.virtual_step not in ("adam", "sgd"):
         raise ValueError(f"unknown virtual step {cfg.virtual_step!r}; known: adam, sgd")
+    bounds = {"dr_floor": cfg.dr_floor, "dr_ceiling": cfg.dr_ceiling}
+    bounded_weights(torch.ones(1), cfg.dr_floor, cfg.dr_ceiling)  # refuse bad bounds before training
     params = [p for p in model.parameters() if p.requires_grad]
     virtual = adam_step(opt, params) if cfg.virtual_step == "adam" else sgd_step(cfg.virtual_lr or cfg.learning_rate)
 
@@ -345,7 +370,7 @@ def train_picker(
                 hyper, lv = fd_hypergradient(
                     params,
                     meta_params,
-                    functools.partial(robust_train_loss, model, x, y, lc, dr, frozen=frozen),
+                    functools.partial(robust_train_loss, model, x, y, lc, dr, frozen=frozen, **bounds),
                     functools.partial(_val_loss, model, xv, target_v, kind=cfg.val_loss),
                     virtual,
                     cfg.epsilon,
@@ -356,7 +381,7 @@ def train_picker(
             meta_opt.step()
             meta_val.append(lv)
         meta_nets = (None, None) if warm else (lc, dr)
-        loss = robust_train_loss(model, x, y, *meta_nets, meta_grad=False, stats=stats)
+        loss = robust_train_loss(model, x, y, *meta_nets, meta_grad=False, stats=stats, **bounds)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
