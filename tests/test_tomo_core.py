@@ -288,6 +288,27 @@ def test_voxel_reweighting_is_relative_within_each_label_class():
     assert torch.allclose(class_normalised(scaled, y, 3), torch.ones_like(w), atol=1e-5)
 
 
+def test_bounded_weights_keep_every_voxel_and_each_class_mean():
+    from relion_plugins.pick.tomo.bilevel import bounded_weights, class_normalised
+
+    torch.manual_seed(1)
+    y = torch.randint(0, 3, (2, 6, 6, 6))
+    # DR has given up on most voxels: near-zero weights, a few huge ones after normalisation
+    raw = torch.where(torch.rand(2, 6, 6, 6) < 0.9, torch.full((2, 6, 6, 6), 1e-4), torch.ones(2, 6, 6, 6))
+    w = class_normalised(raw, y, 3)
+    assert w.min().item() < 0.01
+    floored = bounded_weights(w, floor=0.4)
+    assert floored.min().item() >= 0.4 - 1e-6
+    for c in range(3):  # mixing with uniform weights keeps each label class's mean at 1
+        assert floored[y == c].mean().item() == pytest.approx(1.0, rel=1e-5)
+    capped = bounded_weights(w, ceiling=3.0)
+    assert capped.max().item() <= 3.0 and w.max().item() > 3.0
+    assert torch.equal(bounded_weights(w), w)  # no bounds: unchanged
+    for bad in ({"floor": 1.5}, {"floor": -0.1}, {"ceiling": 0.5}):
+        with pytest.raises(ValueError):
+            bounded_weights(w, **bad)
+
+
 def test_data_reweighting_on_many_values_interpolates_the_mlp():
     torch.manual_seed(0)
     dr = DataReweighting(50, grid=64)
