@@ -511,6 +511,24 @@ def test_validation_loss_with_cross_entropy_sees_a_class_spreading_where_it_is_a
     tr = PatchSampler([vol], [noisy], [centres[:4]], 16, np.random.default_rng(0))
     with pytest.raises(ValueError, match="validation loss"):
         train_picker(tr, tr, 3, TrainConfig(method="plain", iterations=1, val_loss="mse"), width=2, depth=2)
+    with pytest.raises(ValueError, match="dr_ceiling"):
+        train_picker(tr, tr, 3, TrainConfig(method="dr", iterations=1, dr_ceiling=0.5), width=2, depth=2)
+
+
+def test_dr_floor_bounds_the_weights_used_in_training():
+    vol, clean, noisy, centres = _tiny_data(2)
+
+    def run(floor: float):
+        tr = PatchSampler([vol], [noisy], [centres[:4]], 16, np.random.default_rng(0))
+        va = PatchSampler([vol], [clean], [centres], 16, np.random.default_rng(1), class_balanced=True)
+        cfg = TrainConfig(method="dr", iterations=4, batch=2, val_batch=2, eval_every=2, eval_patches=2, dr_hidden=8,
+                          seed=3, meta_lr=0.05, dr_floor=floor)
+        return train_picker(tr, va, 3, cfg, width=2, depth=2)
+
+    free, floored = run(0.0), run(0.9)
+    assert all(h["weight_below_half"] == 0.0 for h in floored.history)
+    # mixing with uniform weights shrinks their spread by (1 - floor) (not exactly: the runs part after a step)
+    assert floored.history[0]["weight_sd"] < 0.5 * free.history[0]["weight_sd"]
 
 
 def test_class_balanced_validation_loss_weighs_a_rare_class_as_the_background():

@@ -184,6 +184,8 @@ def test_bad_inputs_fail_cleanly(trained: Path, capsys, monkeypatch):
     assert not (trained / "External/job034/model.pt").exists()
     assert "--diameters" in fails("External/job036/", "tomo_train", [*tomograms, "--in_parts",
                                                                       "Picks/job009/particles.star"])
+    assert "--dr_ceiling 0.5" in fails("External/job038/", "tomo_train", [*tomograms, "--dr_ceiling", "0.5"])
+    assert "--dr_floor" in fails("External/job039/", "tomo_train", [*tomograms, "--dr_floor", "2"])
     # a model whose stored picking floors do not match its species
     from relion_plugins.pick.model_file import save_model
 

@@ -50,6 +50,11 @@ PARAMS = [
           "SNR 0.25 benchmark it stopped the small species collapsing onto the background on one seed, but made it "
           "under-called on another; see docs/tomo_picker.md)",
           str, choices=("dice", "dice_ce")),
+    Param("dr_floor", 0.0, "least weight the data-reweighting network may give a voxel: "
+          "floor + (1 - floor) x its weight relative to its label class's mean (0 = unbounded)", float,
+          minimum=0, maximum=1),
+    Param("dr_ceiling", 0.0, "most weight the data-reweighting network may give a voxel, as a "
+          "multiple of its label class's mean (0 = no cap; otherwise at least 1)", float, minimum=0),
     Param("checkpoint", "f1", "how the best checkpoint is chosen: f1 = mean picking F1 of the species on the whole "
           "validation tomograms (each at its best size floor), dice = Dice loss on validation patches (cheaper: no "
           "pass over whole tomograms; blind to one species' predictions spreading over the background)", str,
@@ -87,6 +92,8 @@ def run(ctx: JobContext) -> list[OutputNode]:
     from ._picking import torch_device
 
     p = ctx.params
+    if 0 < p["dr_ceiling"] < 1:
+        raise JobFailed(f"--dr_ceiling {p['dr_ceiling']:g}: give 0 (no cap) or a multiple of at least 1")
     tomos, source = load_tomograms(ctx)
     diam = [float(v) for v in str(p["diameters"]).replace(",", " ").split()] if p["diameters"] else []
     if not diam or any(not np.isfinite(d) or d <= 0 for d in diam):
@@ -189,7 +196,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
     cfg = TrainConfig(
         method=p["method"], iterations=p["iterations"], batch=p["batch"], learning_rate=p["learning_rate"],
         meta_lr=p["meta_lr"], meta_interval=p["meta_interval"], meta_start=p["meta_start"], virtual_step=p["virtual_step"], epsilon=p["epsilon"], eval_every=p["eval_every"],
-        val_loss=p["val_loss"],
+        val_loss=p["val_loss"], dr_floor=p["dr_floor"], dr_ceiling=p["dr_ceiling"],
         seed=p["seed"],
     )
 
