@@ -104,7 +104,7 @@ def run_method(method: str, seed: int, args) -> tuple:
     if args.checkpoint == "f1":  # how each species fared at each checkpoint
         print(f"seed {seed}, {dict(METHODS)[method]}: validation F1 per checkpoint "
               + "; ".join(f"{h['iteration']}: " + "/".join(f"{v:.2f}" for v in h["validation_scores"])
-                          + (f" (DR weights below 0.5: {h['weight_below_half']:.0%})" if "weight_below_half" in h else "")
+                          + (f" (DR would weigh {h['dr_below_half']:.0%} of voxels below half)" if "dr_below_half" in h else "")
                           for h in res.history), flush=True)  # fmt: skip
     floor = args.min_fraction
     if floor is None:  # the operating point of each method, chosen on the validation tomogram

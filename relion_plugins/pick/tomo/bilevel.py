@@ -225,10 +225,12 @@ def robust_train_loss(
     if frozen is not None:
         voxel_loss = frozen.setdefault("voxel_loss", voxel_loss)
     with ctx:
-        w = bounded_weights(class_normalised(dr(voxel_loss), y, logits.shape[1]), dr_floor, dr_ceiling)
+        relative = class_normalised(dr(voxel_loss), y, logits.shape[1])
+        w = bounded_weights(relative, dr_floor, dr_ceiling)
     if stats is not None:
         stats.setdefault("weight_sd", []).append(float(w.detach().std()))
-        stats.setdefault("weight_below_half", []).append(float((w.detach() < 0.5).float().mean()))
+        # what DR itself would drop, before the floor: voxels weighed below half their label class's mean
+        stats.setdefault("dr_below_half", []).append(float((relative.detach() < 0.5).float().mean()))
     return weighted_dice_loss(logits, target, w)
 
 
