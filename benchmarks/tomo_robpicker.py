@@ -130,6 +130,12 @@ def run_method(method: str, seed: int, args) -> tuple:
     return scores, res.seconds, t_pick, res.best_iteration, floor
 
 
+def dr_bounds_words(args: argparse.Namespace) -> str:
+    """How DR's voxel weights were bounded, for the report's settings line."""
+    words = f"; DR weights at least {args.dr_floor:g}" if args.dr_floor else "; DR weights unbounded below (--dr-floor 0)"
+    return words + (f", at most {args.dr_ceiling:g} x their class mean" if args.dr_ceiling else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[2026, 2027, 2028],
@@ -232,8 +238,7 @@ def main() -> None:
         + ("; validation patches: background (anywhere) as one more stratum beside the species" if args.val_background else "")
         + {"dice": "", "dice_ce": "; validation loss Dice + voxel cross-entropy",
            "dice_cbce": "; validation loss Dice + class-balanced voxel cross-entropy"}[args.val_loss]
-        + (f"; DR weights at least {args.dr_floor:g}" if args.dr_floor else "")
-        + (f"; DR weights at most {args.dr_ceiling:g} x their class mean" if args.dr_ceiling else "")
+        + (dr_bounds_words(args) if {"dr", "robpicker"} & set(args.methods) else "")
         + f"; {device_words(run_device(args), args.threads)} per run, "
         f"{args.processes} run(s) side by side. "
         "F1 per species, matched within half the species' diameter; truth counts per seed: "

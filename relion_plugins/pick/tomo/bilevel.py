@@ -59,7 +59,7 @@ class TrainConfig:
     val_loss: str = "dice"  # the meta networks' validation loss: "dice", "dice_ce" (+ mean voxel cross-entropy), "dice_cbce" (+ class-balanced)
     lc_hidden: int = 16
     dr_hidden: int = 500
-    dr_floor: float = 0.0  # every voxel keeps at least this weight: w = floor + (1 - floor) * DR's weight (0-1)
+    dr_floor: float = 0.5  # every voxel keeps at least this weight: w = floor + (1 - floor) * DR's weight (0-1; 0 = unbounded)
     dr_ceiling: float = 0.0  # no voxel weighs more than this many times its label class's mean (0 = no limit)
     seed: int = 0
 
