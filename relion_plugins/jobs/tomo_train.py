@@ -87,15 +87,17 @@ def run(ctx: JobContext) -> list[OutputNode]:
 
     from ..imaging.spheres import paint_spheres
     from ..pick.model_file import ModelFile, save_model
-    from ..pick.tomo.bilevel import TrainConfig, train_picker
+    from ..pick.tomo.bilevel import TrainConfig, check_dr_bounds, train_picker
     from ..pick.tomo.data import PatchSampler
     from ..relion.mrc import MrcError, read_mrc
     from ..relion.tomograms import TomogramsError, read_tomo_coordinates
     from ._picking import torch_device
 
     p = ctx.params
-    if 0 < p["dr_ceiling"] < 1:
-        raise JobFailed(f"--dr_ceiling {p['dr_ceiling']:g}: give 0 (no cap) or a multiple of at least 1")
+    try:
+        check_dr_bounds(p["dr_floor"], p["dr_ceiling"])
+    except ValueError as e:
+        raise JobFailed(f"--{e}") from None
     tomos, source = load_tomograms(ctx)
     diam = [float(v) for v in str(p["diameters"]).replace(",", " ").split()] if p["diameters"] else []
     if not diam or any(not np.isfinite(d) or d <= 0 for d in diam):

@@ -249,6 +249,14 @@ def class_normalised(weights: torch.Tensor, labels: torch.Tensor, n_classes: int
     return (flat / (means[idx] + 1e-8)).reshape(weights.shape)
 
 
+def check_dr_bounds(floor: float, ceiling: float) -> None:
+    """Raise ValueError (naming the parameter and its value) unless 0 <= floor <= 1 and ceiling is 0 or >= 1."""
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError(f"dr_floor {floor:g}: give a share of the class mean between 0 and 1")
+    if ceiling < 0.0 or 0.0 < ceiling < 1.0:
+        raise ValueError(f"dr_ceiling {ceiling:g}: give 0 (no cap) or a multiple of at least 1")
+
+
 def bounded_weights(weights: torch.Tensor, floor: float = 0.0, ceiling: float = 0.0) -> torch.Tensor:
     """Class-normalised weights (mean 1 per label class) capped at ``ceiling`` (0: no cap) and mixed with
     uniform weights, ``floor + (1 - floor) * w``, so that no voxel weighs less than ``floor``.
@@ -257,10 +265,7 @@ def bounded_weights(weights: torch.Tensor, floor: float = 0.0, ceiling: float = 
     loss; a DR that down-weights high losses (as it should for wrong labels) then drops them from the loss,
     and the network is never pulled back (see docs/tomo_picker.md): the floor keeps every voxel in play.
     """
-    if not 0.0 <= floor <= 1.0:
-        raise ValueError(f"dr_floor must lie in [0, 1], got {floor}")
-    if ceiling < 0.0 or 0.0 < ceiling < 1.0:
-        raise ValueError(f"dr_ceiling must be 0 (no cap) or at least 1, got {ceiling}")
+    check_dr_bounds(floor, ceiling)
     if ceiling:
         weights = weights.clamp(max=ceiling)
     return floor + (1.0 - floor) * weights if floor else weights
@@ -328,7 +333,7 @@ def train_picker(
     if cfg.virtual_step not in ("adam", "sgd"):
         raise ValueError(f"unknown virtual step {cfg.virtual_step!r}; known: adam, sgd")
     bounds = {"dr_floor": cfg.dr_floor, "dr_ceiling": cfg.dr_ceiling}
-    bounded_weights(torch.ones(1), cfg.dr_floor, cfg.dr_ceiling)  # refuse bad bounds before training
+    check_dr_bounds(cfg.dr_floor, cfg.dr_ceiling)
     params = [p for p in model.parameters() if p.requires_grad]
     virtual = adam_step(opt, params) if cfg.virtual_step == "adam" else sgd_step(cfg.virtual_lr or cfg.learning_rate)
 
