@@ -37,7 +37,13 @@ from relion_plugins.pick.tomo.infer import (  # noqa: E402
     cluster_picks,
     predict_volume,
 )
-from relion_plugins.simulate.tomogram import TomogramConfig, noisy_sphere_labels, simulate_tomogram  # noqa: E402
+from relion_plugins.simulate.tomogram import (  # noqa: E402
+    DEFAULT_SPECIES,
+    Species,
+    TomogramConfig,
+    noisy_sphere_labels,
+    simulate_tomogram,
+)
 
 METHODS = (("plain", "U-Net, plain (baseline)"), ("dr", "DR only"), ("lc", "LC only"), ("robpicker", "RobPicker (LC + DR)"))
 
@@ -57,13 +63,21 @@ NOISE = {
 
 def simulate(args, seed: int):
     """The benchmark's tomograms and noisy labels (deterministic for ``seed``)."""
-    cfg = TomogramConfig(shape=tuple(args.shape), snr=args.snr)
+    cfg = TomogramConfig(shape=tuple(args.shape), snr=args.snr, species=tuple(args.species))
     train_t = [simulate_tomogram(cfg, seed=seed * 100 + i) for i in range(args.train_tomograms)]
     val_t = simulate_tomogram(cfg, seed=seed * 100 + 50)
     test_t = [simulate_tomogram(cfg, seed=seed * 100 + 80 + i) for i in range(args.test_tomograms)]
     noisy = [noisy_sphere_labels(t, seed=seed * 100 + i, drop=args.drop, shift_voxels=args.shift_voxels)
              for i, t in enumerate(train_t)]
     return cfg, train_t, val_t, test_t, noisy
+
+
+def parse_species(text: str) -> Species:
+    """``PARTICLE:COUNT:NAME`` (e.g. ``globular@90:18:small``) as one simulated species."""
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) < 1 or not parts[2]:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PARTICLE:COUNT:NAME with COUNT >= 1, e.g. globular@90:18:small")
+    return Species(parts[0], int(parts[1]), parts[2])
 
 
 def fmt_floor(floor) -> str:
@@ -160,6 +174,10 @@ def main() -> None:
     parser.add_argument("--test-tomograms", type=int, default=2)
     parser.add_argument("--shape", type=int, nargs=3, default=(80, 128, 128), help="nz ny nx")
     parser.add_argument("--snr", type=float, default=2.0, help="signal variance in particles / noise variance")
+    parser.add_argument("--species", type=parse_species, nargs="+", default=DEFAULT_SPECIES, metavar="PARTICLE:COUNT:NAME",
+                        help="the species, smallest first, each as a simulator particle spec (a map alias or phantom, "
+                             "@DIAMETER to rescale it in Å), its count per tomogram and its size-class name; default: "
+                             + " ".join(f"{s.particle}:{s.count}:{s.name}" for s in DEFAULT_SPECIES))
     parser.add_argument("--threads", type=int, default=1, help="torch threads per method")
     parser.add_argument("--processes", type=int, default=1, help="methods trained side by side")
     parser.add_argument("--gpu", action="store_true", help="train and pick on the first CUDA GPU (default: CPU)")
@@ -230,7 +248,10 @@ def main() -> None:
         + f", centres shifted by 0.35 x radius{f' and {args.shift_voxels:g} voxel(s)' if args.shift_voxels else ''} "
         "per axis, radii x U(0.6, 1.6)), 1 validation tomogram (exact shape labels), "
         f"{len(test_t)} test tomograms, each {args.shape[2]}x{args.shape[1]}x{args.shape[0]} voxels at "
-        f"{cfg.angpix:g} Å, SNR {args.snr:g}; U-Net width {args.width}, depth 4, patches {args.patch}³, batch {args.batch}, "
+        f"{cfg.angpix:g} Å"
+        + ("" if tuple(args.species) == DEFAULT_SPECIES else
+           " with species " + ", ".join(f"{sp.name} = {sp.particle} ({sp.count} per tomogram)" for sp in args.species))
+        + f", SNR {args.snr:g}; U-Net width {args.width}, depth 4, patches {args.patch}³, batch {args.batch}, "
         f"{args.iterations} iterations, Adam lr {args.learning_rate:g}, meta lr {args.meta_lr:g}, a meta step every "
         f"{args.meta_interval} iterations"
         + (f" after {args.meta_start} iterations of plain training (warm-up)" if args.meta_start else "")
