@@ -63,7 +63,7 @@ NOISE = {
 
 def simulate(args, seed: int):
     """The benchmark's tomograms and noisy labels (deterministic for ``seed``)."""
-    cfg = TomogramConfig(shape=tuple(args.shape), snr=args.snr, species=tuple(args.species))
+    cfg = TomogramConfig(shape=tuple(args.shape), snr=args.snr, species=args.species)
     train_t = [simulate_tomogram(cfg, seed=seed * 100 + i) for i in range(args.train_tomograms)]
     val_t = simulate_tomogram(cfg, seed=seed * 100 + 50)
     test_t = [simulate_tomogram(cfg, seed=seed * 100 + 80 + i) for i in range(args.test_tomograms)]
@@ -209,6 +209,7 @@ def main() -> None:
         parser.error("--gpu: torch sees no CUDA GPU on this machine")
     if args.quick:
         args.iterations, args.shape, args.train_tomograms, args.test_tomograms = 20, (48, 64, 64), 1, 1
+    args.species = tuple(args.species)  # nargs gives a list; TomogramConfig and the default are tuples
     preset = NOISE[args.label_noise]
     args.drop = args.drop if args.drop is not None else preset["drop"]
     args.shift_voxels = args.shift_voxels if args.shift_voxels is not None else preset["shift_voxels"]
@@ -249,7 +250,7 @@ def main() -> None:
         "per axis, radii x U(0.6, 1.6)), 1 validation tomogram (exact shape labels), "
         f"{len(test_t)} test tomograms, each {args.shape[2]}x{args.shape[1]}x{args.shape[0]} voxels at "
         f"{cfg.angpix:g} Å"
-        + ("" if tuple(args.species) == DEFAULT_SPECIES else
+        + ("" if args.species == DEFAULT_SPECIES else
            " with species " + ", ".join(f"{sp.name} = {sp.particle} ({sp.count} per tomogram)" for sp in args.species))
         + f", SNR {args.snr:g}; U-Net width {args.width}, depth 4, patches {args.patch}³, batch {args.batch}, "
         f"{args.iterations} iterations, Adam lr {args.learning_rate:g}, meta lr {args.meta_lr:g}, a meta step every "
