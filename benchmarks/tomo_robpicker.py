@@ -34,6 +34,7 @@ from relion_plugins.pick.tomo.bilevel import TrainConfig, train_picker  # noqa: 
 from relion_plugins.pick.tomo.data import PatchSampler  # noqa: E402
 from relion_plugins.pick.tomo.infer import (  # noqa: E402
     MIN_FRACTION_GRID,
+    SPLIT_GRID,
     cluster_picks,
     predict_volume,
 )
@@ -111,18 +112,18 @@ def run_method(method: str, seed: int, args) -> tuple:
                      eval_every=max(1, args.iterations // 8), eval_patches=8, seed=seed)
     # as rp-tomo-train: the validation tomogram's probabilities, each species' best size floor and F1
     validate = validation_picking([val_t.volume], [centres(val_t.particles)], radius_list, patch=48, overlap=16,
-                                  device=device)
+                                  device=device, split_grid=tuple(args.split_grid))
 
     res = train_picker(train, val, len(species) + 1, tc, width=args.width, depth=4, device=device,
-                       checkpoint_score=(lambda m: validate(m)[2]) if args.checkpoint == "f1" else None)
+                       checkpoint_score=(lambda m: validate(m)[3]) if args.checkpoint == "f1" else None)
     if args.checkpoint == "f1":  # how each species fared at each checkpoint
         print(f"seed {seed}, {dict(METHODS)[method]}: validation F1 per checkpoint "
               + "; ".join(f"{h['iteration']}: " + "/".join(f"{v:.2f}" for v in h["validation_scores"])
                           + (f" (DR would weigh {h['dr_below_half']:.0%} of voxels below half)" if "dr_below_half" in h else "")
                           for h in res.history), flush=True)  # fmt: skip
-    floor = args.min_fraction
+    floor, split = args.min_fraction, 0.0
     if floor is None:  # the operating point of each method, chosen on the validation tomogram
-        (val_probs,), floor, val_f1 = validate(res.model)
+        (val_probs,), floor, split, val_f1 = validate(res.model)
         if args.save_probs:
             args.save_probs.mkdir(parents=True, exist_ok=True)
             np.save(args.save_probs / f"{method}_{seed}_val.npy", val_probs.astype(np.float16))
@@ -135,13 +136,13 @@ def run_method(method: str, seed: int, args) -> tuple:
         if args.save_probs:
             args.save_probs.mkdir(parents=True, exist_ok=True)
             np.save(args.save_probs / f"{method}_{seed}_{i}.npy", probs.astype(np.float16))
-        picks.append(cluster_picks(probs, 5, radius_list, floor).assign(tomo=i))
+        picks.append(cluster_picks(probs, 5, radius_list, floor, split).assign(tomo=i))
     t_pick = time.monotonic() - t1
     scores = species_scores(pd.concat(picks, ignore_index=True), truth_all, radii)
     print(f"seed {seed}, {dict(METHODS)[method]}: train {res.seconds:.0f} s (best iteration {res.best_iteration}), pick {t_pick:.0f} s; "
-          f"size floors {fmt_floor(floor)}; F1 " + ", ".join(f"{species[s - 1][0]} {v['f1']:.3f} ({v['n_picks']} picks / {v['n_truth']})"
+          f"size floors {fmt_floor(floor)}, split above {fmt_floor(split)}; F1 " + ", ".join(f"{species[s - 1][0]} {v['f1']:.3f} ({v['n_picks']} picks / {v['n_truth']})"
                                                   for s, v in scores.items()), flush=True)
-    return scores, res.seconds, t_pick, res.best_iteration, floor
+    return scores, res.seconds, t_pick, res.best_iteration, floor, split
 
 
 def dr_bounds_words(args: argparse.Namespace) -> str:
@@ -201,6 +202,10 @@ def main() -> None:
                         help="least weight DR may give a voxel: w = floor + (1 - floor) * DR's class-normalised weight")
     parser.add_argument("--dr-ceiling", type=float, default=TrainConfig.dr_ceiling,
                         help="most weight DR may give a voxel, as a multiple of its label class's mean (0: no cap)")
+    parser.add_argument("--split-grid", type=float, nargs="+", default=list(SPLIT_GRID),
+                        help="split thresholds tried on the validation tomogram (components of more than this many "
+                             "sphere volumes split at probability peaks; 0 = never); 0 alone: the rule of the sections "
+                             "written before 2026-11-23")
     parser.add_argument("--section", help="section of docs/benchmarks.md to write (default from --label-noise)")
     parser.add_argument("--save-probs", type=Path, help="keep each method's class probabilities of the test tomograms here")
     parser.add_argument("--no-report", action="store_true", help="do not write docs/benchmarks.md")
@@ -239,7 +244,7 @@ def main() -> None:
         return f"{values.mean():.3f}" + (f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else "")
 
     header = ("| method | " + " | ".join(f"{n} ({d:g} Å) F1" for n, d in species) + " | train s | pick s |"
-              + (" size floors |" if args.min_fraction is None else ""))
+              + (" size floors | split above |" if args.min_fraction is None else ""))
     command = " ".join(run_args(sys.argv[1:], with_value=("--save-probs",), flags=("--no-report",)))
     lines = [
         f"Run: `python benchmarks/tomo_robpicker.py {command}`. " + machine_line(),
@@ -268,18 +273,22 @@ def main() -> None:
         + f". Mean ± sd over {len(args.seeds)} seed(s); picks: connected components of at least "
         + (f"{args.min_fraction:g} of the species' sphere volume" if args.min_fraction is not None else
            "a fraction of the species' sphere volume chosen per run and species on the validation tomogram from "
-           + ", ".join(f"{g:g}" for g in MIN_FRACTION_GRID) + " (the `size floors` column: tiny/small/medium/large per seed)")
+           + ", ".join(f"{g:g}" for g in MIN_FRACTION_GRID) + " (the `size floors` column: tiny/small/medium/large per seed)"
+           + (", and components of more than " + " or ".join(f"{g:g}" for g in args.split_grid if g > 0)
+              + " sphere volumes split at the peaks of the species' probability where that scored better there (the "
+              "`split above` column, 0 = not split)" if any(g > 0 for g in args.split_grid) else ""))
         + f"; {'Adam' if args.virtual_step == 'adam' else 'SGD'} virtual step in the meta (bi-level) updates; best "
         + ("checkpoint (of 8) by mean picking F1 on the validation tomogram." if args.checkpoint == "f1" else
            "checkpoint (of 8) by Dice loss on 8 validation patches."),
         "",
         header,
-        "|---" * (n_species + 3 + (args.min_fraction is None)) + "|",
+        "|---" * (n_species + 3 + 2 * (args.min_fraction is None)) + "|",
     ]
     for m, rs in runs.items():
         lines.append(f"| {names[m]} | " + " | ".join(cell(f1[m][:, j]) for j in range(n_species))
                      + f" | {np.mean([r[1] for r in rs]):.0f} | {np.mean([r[2] for r in rs]):.0f} |"
-                     + (" " + ", ".join(fmt_floor(r[4]) for r in rs) + " |" if args.min_fraction is None else ""))
+                     + (" " + ", ".join(fmt_floor(r[4]) for r in rs) + " | " + ", ".join(fmt_floor(r[5]) for r in rs) + " |"
+                        if args.min_fraction is None else ""))
     if "plain" in f1 and "robpicker" in f1:
         gain = f1["robpicker"] - f1["plain"]
         lines += ["", "Gain of RobPicker over the baseline (mean; per seed): "

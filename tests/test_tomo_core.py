@@ -270,6 +270,60 @@ def test_each_species_gets_its_own_floor():
     assert sorted(cluster_picks(probs, 5, [3.0, 10.0], 0.05)["size"]) == [10, 512, 8000]  # or the crumb kept
 
 
+def _two_touching_particles(shape=(30, 30, 50), centres=((15, 15, 17), (15, 15, 31)), sigma=5.0):
+    """Species 1's probability: a Gaussian bump at each centre (z, y, x); argmax runs the two together."""
+    z, y, x = np.indices(shape, dtype=np.float32)
+    bump = sum(np.exp(-((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) / (2 * sigma**2)) for c in centres)
+    probs = np.zeros((2, *shape), np.float32)
+    probs[1] = np.clip(bump, 0, 1)
+    probs[0] = 0.3
+    return probs
+
+
+def test_cluster_picks_splits_a_component_of_particles_run_together_at_probability_peaks():
+    probs = _two_touching_particles()
+    radius = 6.0  # sphere 905 voxels; the run-together component is far bigger
+    whole = cluster_picks(probs, 5, [radius])
+    assert len(whole) == 1 and whole.iloc[0]["x"] == pytest.approx(24.0, abs=0.5)  # between the two
+    assert whole.iloc[0]["size"] > 2 * 4 / 3 * np.pi * radius**3
+    split = cluster_picks(probs, 5, [radius], split_above=2.0).sort_values("x")
+    assert len(split) == 2
+    assert split[["x", "y", "z"]].to_numpy() == pytest.approx(np.array([[17, 15, 15], [31, 15, 15]]), abs=1.0)
+    assert split["size"].sum() == whole.iloc[0]["size"]  # every voxel goes to one piece
+    assert (split["score"] > 0.3).all()
+    # a threshold above the component's size leaves it whole; floors apply to each piece
+    assert len(cluster_picks(probs, 5, [radius], split_above=50.0)) == 1
+    assert len(cluster_picks(probs, 5, [radius], min_fraction=10.0, split_above=2.0)) == 0
+    with pytest.raises(ValueError, match="radii"):
+        cluster_picks(probs, 5, split_above=2.0)
+
+
+def test_choose_operating_point_splits_only_the_species_it_helps():
+    """Species 1: two particles run together (splitting finds both); species 2: one elongated particle that
+    splitting would cut in two. Each species gets the split of its best F1; a tie keeps components whole."""
+    from relion_plugins.pick.tomo.infer import choose_min_fraction, choose_operating_point
+
+    pair = _two_touching_particles()
+    probs = np.zeros((3, *pair.shape[1:]), np.float32)
+    probs[0] = 0.3
+    probs[1] = pair[1]
+    probs[2] = 0.0
+    probs[2, 2:5, 2:5, 2:48] = 0.9  # species 2 (radius 2, sphere 33.5): one rod of 414 voxels, 12 spheres
+    truth = {1: [(17.0, 15.0, 15.0), (31.0, 15.0, 15.0)], 2: [(24.5, 3.0, 3.0)]}
+
+    def f1(picks) -> dict[int, float]:
+        out = {}
+        for s, ts in truth.items():
+            mine = picks[picks.species == s][["x", "y", "z"]].to_numpy()
+            hits = sum(any(np.linalg.norm(row - t) <= 3 for row in mine) for t in ts)
+            out[s] = 2 * hits / (len(mine) + len(ts))
+        return out
+
+    floors, splits, scores = choose_operating_point([probs], f1, [6.0, 2.0])
+    assert splits == [2.0, 0.0] and scores == [1.0, 1.0]
+    assert choose_min_fraction([probs], f1, [6.0, 2.0])[1] == [0.0, 1.0]  # whole: one pick, between the two
+
+
 def test_voxel_reweighting_is_relative_within_each_label_class():
     from relion_plugins.pick.tomo.bilevel import class_normalised
     from relion_plugins.pick.tomo.losses import weighted_dice_loss

@@ -73,12 +73,15 @@ def test_train_writes_model_nodes_and_log(trained: Path):
     assert (job / "logfile.pdf").read_bytes().startswith(b"%PDF")
     out = (job / "run.out").read_text()
     assert "4/4 iterations done" in out and "validating on 1" in out
-    from relion_plugins.pick.tomo.infer import MIN_FRACTION_GRID
+    from relion_plugins.pick.tomo.infer import MIN_FRACTION_GRID, SPLIT_GRID
 
     floors, f1 = mf.meta["min_fraction"], mf.meta["validation_pick_f1"]
     assert len(floors) == len(f1) == 2 and set(floors) <= set(MIN_FRACTION_GRID) and all(0 <= v <= 1 for v in f1)
+    splits = mf.meta["split_above"]
+    assert len(splits) == 2 and set(splits) <= set(SPLIT_GRID)
     assert f"picking floors chosen on the validation tomograms (components of at least this fraction of the " \
-           f"species' sphere volume): tiny {floors[0]:g} (F1 {f1[0]:.3f}), big {floors[1]:g}" in out
+           f"species' sphere volume; split above this many sphere volumes, 0 = never): tiny {floors[0]:g}, split " \
+           f"{splits[0]:g} (F1 {f1[0]:.3f}), big {floors[1]:g}, split {splits[1]:g}" in out
     # the checkpoint kept is the one of best mean validation picking F1, and picking with it again gives its F1s
     assert mf.meta["checkpoint"] == "f1" and "validation picking F1" in out
     hist = {h["iteration"]: h["validation_scores"] for h in mf.meta["history"]}
@@ -110,8 +113,10 @@ def test_pick_writes_relion5_particles(trained: Path):
     assert labels[f"{PICK}optimisation_set.star"] == "TomoOptimisationSet.star.relion.tomo"
     out = (job / "run.out").read_text()
     assert "3/3 tomograms done" in out
-    floors = load_model(trained / TRAIN / "model.pt", picker="tomo").meta["min_fraction"]
-    assert f"components of at least {floors[0]:g} / {floors[1]:g} of their species' sphere volume" in out
+    meta = load_model(trained / TRAIN / "model.pt", picker="tomo").meta
+    floors, splits = meta["min_fraction"], meta["split_above"]
+    assert (f"components of at least {floors[0]:g} / {floors[1]:g} of their species' sphere volume, split above "
+            f"{splits[0]:g} / {splits[1]:g} (0 = never)") in out
     opt = read_star(job / "optimisation_set.star")[""]
     assert opt["rlnTomoTomogramsFile"] == "Tomograms/job006/tomograms.star"
     # continue: nothing left to pick, same result
@@ -194,4 +199,10 @@ def test_bad_inputs_fail_cleanly(trained: Path, capsys, monkeypatch):
     save_model(bad / "floors.pt", mf)
     assert "1 picking floors for 2 species" in fails(
         "External/job037/", "tomo_pick", ["--in_mics", "Tomograms/job006/tomograms.star", "--model", "bad/floors.pt"]
+    )
+    mf = load_model(trained / TRAIN / "model.pt", picker="tomo")
+    mf.meta["split_above"] = [2.0, 2.0, 2.0]
+    save_model(bad / "splits.pt", mf)
+    assert "3 split thresholds for 2 species" in fails(
+        "External/job041/", "tomo_pick", ["--in_mics", "Tomograms/job006/tomograms.star", "--model", "bad/splits.pt"]
     )

@@ -34,12 +34,13 @@ def read_volume(tomo: Tomogram) -> np.ndarray:
 
 
 def validation_picking(vols: list[np.ndarray], centres: list[np.ndarray], radii, patch: int, overlap: int,
-                       device="cpu", check_abort=None):
-    """``model -> (probabilities of each validation tomogram, each species' component-size floor of best F1 on
-    them, those F1s)``, for validation tomograms ``vols`` with true ``centres`` (rows x, y, z, species) and
-    species ``radii`` in voxels (a pick matches within the radius, at least 2 voxels)."""
+                       device="cpu", check_abort=None, split_grid=None):
+    """``model -> (probabilities of each validation tomogram, each species' component-size floor and split
+    threshold of best F1 on them, those F1s)``, for validation tomograms ``vols`` with true ``centres`` (rows x, y, z, species) and
+    species ``radii`` in voxels (a pick matches within the radius, at least 2 voxels); ``split_grid``: the split
+    thresholds tried (default :data:`SPLIT_GRID`)."""
     from ..evaluate.tomo import species_scores
-    from ..pick.tomo.infer import choose_min_fraction, predict_volume
+    from ..pick.tomo.infer import SPLIT_GRID, choose_operating_point, predict_volume
 
     truth = pd.concat(
         [pd.DataFrame(c[:, :4], columns=["x", "y", "z", "species"]).assign(tomo=i) for i, c in enumerate(centres)],
@@ -52,8 +53,8 @@ def validation_picking(vols: list[np.ndarray], centres: list[np.ndarray], radii,
 
     def validate(model):
         probs = [predict_volume(model, v, patch, overlap, device, check_abort) for v in vols]
-        floors, scores = choose_min_fraction(probs, f1, radii)
-        return probs, floors, scores
+        floors, splits, scores = choose_operating_point(probs, f1, radii, split_grid=split_grid or SPLIT_GRID)
+        return probs, floors, splits, scores
 
     return validate
 

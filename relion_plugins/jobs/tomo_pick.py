@@ -4,7 +4,9 @@ Each tomogram of ``--in_mics`` (RELION 5 tomograms STAR) or ``--tomograms`` (MRC
 network over patches overlapping by ``--overlap`` voxels (probabilities averaged), the argmax map is split
 into 26-connected components per species, and each component of at least ``--min_voxels`` voxels and
 ``--min_fraction`` of its species' sphere volume (by default the floor the training job chose on its
-validation tomograms) gives one particle at its centroid. Writes ``particles.star`` in RELION 5's particle-set format (``data_general``,
+validation tomograms) gives one particle at its centroid; a component of more than ``--split_above`` times its
+species' sphere volume (close particles run together) is split at the peaks of the species' probability, one
+particle per peak (by default as chosen on the validation tomograms). Writes ``particles.star`` in RELION 5's particle-set format (``data_general``,
 ``data_optics``, ``data_particles`` with ``rlnTomoName``, ``rlnCenteredCoordinateX/Y/ZAngst``,
 ``rlnClassNumber`` = species and ``rlnAutopickFigureOfMerit``), ``optimisation_set.star`` when the input is
 a tomograms STAR, and ``logfile.pdf`` with slices and picks. Continue runs pick only new tomograms.
@@ -29,6 +31,10 @@ PARAMS = [
           "(fragments at the edge of a large particle are not picks); 0 = only --min_voxels; -1 = the floor chosen "
           "on the validation tomograms, stored in the model (0.25 for models without one)", float,
           minimum=-1, maximum=1),
+    Param("split_above", -1.0, "split a connected component of more than this many times its species' sphere "
+          "volume at the peaks of the species' probability (close particles run together); 0 = never; -1 = the "
+          "threshold chosen on the validation tomograms, stored in the model (never for models without one)",
+          float, minimum=-1),
     Param("threshold", 0.0, "keep picks whose mean species probability is at least this", float, minimum=0,
           maximum=1),
     Param("species", "", "species to write, comma-separated numbers (e.g. 1,3); empty = all", str),
@@ -91,6 +97,12 @@ def run(ctx: JobContext) -> list[OutputNode]:
         min_fraction = [float(f) for f in stored] if isinstance(stored, list) else [float(stored)] * len(species)
         if len(min_fraction) != len(species):
             raise JobFailed(f"the model holds {len(min_fraction)} picking floors for {len(species)} species")
+    if p["split_above"] >= 0:
+        split_above = [p["split_above"]] * len(species)
+    else:
+        split_above = [float(f) for f in mf.meta.get("split_above", [0.0] * len(species))]
+        if len(split_above) != len(species):
+            raise JobFailed(f"the model holds {len(split_above)} split thresholds for {len(species)} species")
     if patch % model.multiple:
         raise JobFailed(f"--patch {patch} must be a multiple of {model.multiple}")
     overlap = min(p["overlap"], patch - 1)
@@ -98,7 +110,8 @@ def run(ctx: JobContext) -> list[OutputNode]:
     torch.set_num_threads(max(1, ctx.threads))
     model = model.to(device).eval()
     ctx.log(f" {len(tomos)} tomograms from {source}; patch {patch}, overlap {overlap} voxels, on {device}; components "
-            f"of at least {' / '.join(f'{f:g}' for f in min_fraction)} of their species' sphere volume; species "
+            f"of at least {' / '.join(f'{f:g}' for f in min_fraction)} of their species' sphere volume, split above "
+            f"{' / '.join(f'{f:g}' for f in split_above)} (0 = never); species "
             + ", ".join(f"{i + 1} = {s['name']} ({s['diameter_A']:g} Å)" for i, s in enumerate(species)))
 
     (ctx.out_dir / PICKS_DIR).mkdir(exist_ok=True)
@@ -114,7 +127,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
         tomo = by_name[name]
         vol = read_volume(tomo)
         probs = predict_volume(model, vol, patch, overlap, device, ctx.check_abort)
-        picks = cluster_picks(probs, p["min_voxels"], radii, min_fraction)
+        picks = cluster_picks(probs, p["min_voxels"], radii, min_fraction, split_above)
         picks = picks[picks["species"].isin(wanted) & (picks["score"] >= p["threshold"])].reset_index(drop=True)
         write_tomo_particles(files[name], {name: picks}, [tomo])
         ctx.mark_done(name, {"n": len(picks)})

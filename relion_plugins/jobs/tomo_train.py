@@ -215,19 +215,20 @@ def run(ctx: JobContext) -> list[OutputNode]:
                                    ctx.check_abort) if val_vols else None)
 
     def checkpoint_score(model) -> list[float]:
-        return validate(model)[2]
+        return validate(model)[3]
 
     ctx.progress(0, cfg.iterations, "iterations")
     result = train_picker(train, val, n_species + 1, cfg, p["width"], depth, device,
                           progress=progress, check_abort=ctx.check_abort,
                           checkpoint_score=checkpoint_score if validate and p["checkpoint"] == "f1" else None)
     ctx.log(f" training took {result.seconds:.1f} s; best iteration {result.best_iteration}")
-    min_fraction, val_f1, val_probs = [0.25] * n_species, None, []
+    min_fraction, split_above, val_f1, val_probs = [0.25] * n_species, [0.0] * n_species, None, []
     if validate is not None:
-        val_probs, min_fraction, val_f1 = validate(result.model)
+        val_probs, min_fraction, split_above, val_f1 = validate(result.model)
         ctx.log(" picking floors chosen on the validation tomograms (components of at least this fraction of the "
-                "species' sphere volume): " + ", ".join(f"{n} {f:g} (F1 {v:.3f})" for n, f, v in
-                                                          zip(names, min_fraction, val_f1)))
+                "species' sphere volume; split above this many sphere volumes, 0 = never): "
+                + ", ".join(f"{n} {f:g}, split {s:g} (F1 {v:.3f})" for n, f, s, v in
+                            zip(names, min_fraction, split_above, val_f1)))
 
     meta = {
         "angpix": angpix,
@@ -240,6 +241,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
         "checkpoint": p["checkpoint"] if validate is not None else "last",
         "best_iteration": result.best_iteration,
         "min_fraction": min_fraction,
+        "split_above": split_above,
         "validation_pick_f1": val_f1,
         "history": result.history,
         "provenance": {
@@ -259,7 +261,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
     save_model(model_path, ModelFile("tomo", dict(result.model.config), result.model.state_dict(), meta))
     ctx.log(f" model written to {model_path}")
     _write_logfile(ctx, result, val_vols[:1] or train_vols[:1], (val_names or train_names)[:1], p, radii, device,
-                   val_probs[:1], min_fraction)
+                   val_probs[:1], min_fraction, split_above)
     return [OutputNode(p["model_name"], "model"), OutputNode("logfile.pdf", "logfile")]
 
 
@@ -271,7 +273,8 @@ def _components(labels: np.ndarray):
     return cluster_picks(onehot, min_voxels=1)
 
 
-def _write_logfile(ctx, result, vols, names, p, radii, device, probs_done=(), min_fraction=0.25) -> None:
+def _write_logfile(ctx, result, vols, names, p, radii, device, probs_done=(), min_fraction=0.25,
+                   split_above=0.0) -> None:
     """Loss curves and the picks of the trained network on one (validation) tomogram."""
     from ..pick.tomo.infer import cluster_picks, predict_volume
     from ..plots.figures import curves_figure, write_pdf
@@ -294,7 +297,7 @@ def _write_logfile(ctx, result, vols, names, p, radii, device, probs_done=(), mi
             probs = probs_done[k]
         else:
             probs = predict_volume(result.model, vol, p["patch"], min(20, p["patch"] // 2), device, ctx.check_abort)
-        picks = cluster_picks(probs, radii=radii, min_fraction=min_fraction)
+        picks = cluster_picks(probs, radii=radii, min_fraction=min_fraction, split_above=split_above)
         pages += slice_pages(vol, picks, radii, f"{name}: picks of the trained network")
     write_pdf(ctx.out_dir / "logfile.pdf", pages)
 
