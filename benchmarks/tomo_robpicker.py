@@ -126,7 +126,7 @@ def run_method(method: str, seed: int, args) -> tuple:
         (val_probs,), floor, split, val_f1 = validate(res.model)
         if args.save_probs:
             args.save_probs.mkdir(parents=True, exist_ok=True)
-            np.save(args.save_probs / f"{method}_{seed}_val.npy", val_probs.astype(np.float16))
+            np.save(args.save_probs / f"{method}_{seed}_val.npy", val_probs.astype(np.float32))
         print(f"seed {seed}, {dict(METHODS)[method]}: validation F1 at its floors "
               + " ".join(f"{v:.3f}" for v in val_f1), flush=True)  # fmt: skip
     t1 = time.monotonic()
@@ -135,7 +135,7 @@ def run_method(method: str, seed: int, args) -> tuple:
         probs = predict_volume(res.model, t.volume, patch=48, overlap=16, device=device)
         if args.save_probs:
             args.save_probs.mkdir(parents=True, exist_ok=True)
-            np.save(args.save_probs / f"{method}_{seed}_{i}.npy", probs.astype(np.float16))
+            np.save(args.save_probs / f"{method}_{seed}_{i}.npy", probs.astype(np.float32))
         picks.append(cluster_picks(probs, 5, radius_list, floor, split).assign(tomo=i))
     t_pick = time.monotonic() - t1
     scores = species_scores(pd.concat(picks, ignore_index=True), truth_all, radii)
@@ -207,7 +207,8 @@ def main() -> None:
                              "sphere volumes split at probability peaks; 0 = never); 0 alone: the rule of the sections "
                              "written before 2026-11-23")
     parser.add_argument("--section", help="section of docs/benchmarks.md to write (default from --label-noise)")
-    parser.add_argument("--save-probs", type=Path, help="keep each method's class probabilities of the test tomograms here")
+    parser.add_argument("--save-probs", type=Path, help="keep each method's class probabilities of the validation and test tomograms here "
+                             "(float32, as picked: tomo_split_rescore.py picks them again exactly)")
     parser.add_argument("--no-report", action="store_true", help="do not write docs/benchmarks.md")
     args = parser.parse_args()
     if args.gpu and not torch.cuda.is_available():

@@ -10,6 +10,8 @@ probability, where that scored better on the validation tomogram (``cluster_pick
 
 Pass the simulation options of the run that saved the probabilities (``--snr``, ``--species``, ``--shape``,
 tomogram counts): the tomograms are simulated again (deterministic per seed) for their true centres.
+Probabilities saved before 2026-11-23 are float16: rounding can tip a near-tie in the choice of a floor,
+so the "whole" rows can differ from that run's own F1; the two rules are still compared on the same numbers.
 Run:  python benchmarks/tomo_split_rescore.py --probs DIR --seeds 2026 2027 --snr 0.25 [--species ...]
 """
 
