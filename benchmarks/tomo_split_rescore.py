@@ -93,8 +93,9 @@ def main() -> None:
 
     f1 = {(m, r): np.array([res[m, s][r][0] for s in args.seeds]) for m in args.methods for r in RULES}
     lines = [
-        f"Run: `python benchmarks/tomo_split_rescore.py {' '.join(run_args(sys.argv[1:], flags=('--no-report',)))}`"
-        + (f" on the probabilities of {args.about}" if args.about else "") + f". {machine_line()}",
+        "Run: `python benchmarks/tomo_split_rescore.py --probs DIR "
+        f"{' '.join(run_args(sys.argv[1:], with_value=('--probs', '--about'), flags=('--no-report',)))}`"
+        + (f", DIR holding the probabilities of {args.about}" if args.about else "") + f". {machine_line()}",
         "Same networks, same probabilities; only the picking rule differs. Mean ± sd over "
         f"{len(args.seeds)} seed(s); rescoring took {time.monotonic() - t0:.0f} s.",
         "",
