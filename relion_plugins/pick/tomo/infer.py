@@ -172,7 +172,7 @@ def choose_operating_point(
     suits all, so both are an operating point chosen on validation, as a 2D picker's score threshold.
     ``score(picks)`` takes the picks of all ``probs`` (column ``tomo`` = index into ``probs``) and gives each
     species' score (e.g. F1); a species' picks depend only on its own floor and split, so each species gets
-    those of its best score; ties go to the smaller floor, then to not splitting."""
+    those of its best score; ties go to not splitting, then to the smaller floor."""
     n_species = len(radii)
     best_score, best_frac, best_split = [-np.inf] * n_species, [0.0] * n_species, [0.0] * n_species
     for split in sorted(split_grid):
