@@ -31,6 +31,7 @@ from _report import machine_line, run_args, update_section  # noqa: E402
 from tomo_robpicker import METHODS, centres, parse_species, simulate  # noqa: E402
 
 from relion_plugins.evaluate.tomo import species_scores  # noqa: E402
+from relion_plugins.jobs._tomo import f1_against  # noqa: E402
 from relion_plugins.pick.tomo.infer import SPLIT_GRID, choose_operating_point, cluster_picks  # noqa: E402
 from relion_plugins.simulate.tomogram import DEFAULT_SPECIES  # noqa: E402
 
@@ -45,11 +46,7 @@ def rescore(probs_dir: Path, method: str, seed: int, args) -> dict[str, tuple[np
     val_probs = np.load(probs_dir / f"{method}_{seed}_val.npy").astype(np.float32)
     test_probs = [np.load(probs_dir / f"{method}_{seed}_{i}.npy").astype(np.float32) for i in range(len(test_t))]
     truth = pd.concat([t.particles.assign(tomo=i) for i, t in enumerate(test_t)], ignore_index=True)
-    # the F1 that validation_picking scores with, on the saved probabilities instead of a network's
-    val_truth = pd.DataFrame(centres(val_t.particles), columns=["x", "y", "z", "species"]).assign(tomo=0)
-
-    def val_f1(picks) -> dict[int, float]:
-        return {s: v["f1"] for s, v in species_scores(picks, val_truth, radii).items()}
+    val_f1 = f1_against([centres(val_t.particles)], radius_list)  # as validation_picking scores
 
     out = {}
     for rule, grid in (("whole", (0.0,)), ("split", tuple(args.split_grid))):

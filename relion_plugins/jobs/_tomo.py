@@ -33,14 +33,10 @@ def read_volume(tomo: Tomogram) -> np.ndarray:
     return data
 
 
-def validation_picking(vols: list[np.ndarray], centres: list[np.ndarray], radii, patch: int, overlap: int,
-                       device="cpu", check_abort=None, split_grid=None):
-    """``model -> (probabilities of each validation tomogram, each species' component-size floor and split
-    threshold of best F1 on them, those F1s)``, for validation tomograms ``vols`` with true ``centres`` (rows x, y, z, species) and
-    species ``radii`` in voxels (a pick matches within the radius, at least 2 voxels); ``split_grid``: the split
-    thresholds tried (default :data:`SPLIT_GRID`)."""
+def f1_against(centres: list[np.ndarray], radii):
+    """``picks -> each species' F1`` against true ``centres`` of tomograms (rows x, y, z, species; the picks'
+    ``tomo`` column indexes the list), a pick matching within its species' radius in voxels (at least 2)."""
     from ..evaluate.tomo import species_scores
-    from ..pick.tomo.infer import SPLIT_GRID, choose_operating_point, predict_volume
 
     truth = pd.concat(
         [pd.DataFrame(c[:, :4], columns=["x", "y", "z", "species"]).assign(tomo=i) for i, c in enumerate(centres)],
@@ -50,6 +46,19 @@ def validation_picking(vols: list[np.ndarray], centres: list[np.ndarray], radii,
 
     def f1(picks) -> dict[int, float]:
         return {s: v["f1"] for s, v in species_scores(picks, truth, match).items()}
+
+    return f1
+
+
+def validation_picking(vols: list[np.ndarray], centres: list[np.ndarray], radii, patch: int, overlap: int,
+                       device="cpu", check_abort=None, split_grid=None):
+    """``model -> (probabilities of each validation tomogram, each species' component-size floor and split
+    threshold of best F1 on them, those F1s)``, for validation tomograms ``vols`` with true ``centres`` (rows x, y, z, species) and
+    species ``radii`` in voxels (a pick matches within the radius, at least 2 voxels); ``split_grid``: the split
+    thresholds tried (default :data:`SPLIT_GRID`)."""
+    from ..pick.tomo.infer import SPLIT_GRID, choose_operating_point, predict_volume
+
+    f1 = f1_against(centres, radii)
 
     def validate(model):
         probs = [predict_volume(model, v, patch, overlap, device, check_abort) for v in vols]
