@@ -109,7 +109,7 @@ def run_method(method: str, seed: int, args) -> tuple:
     tc = TrainConfig(method=method, iterations=args.iterations, batch=args.batch, learning_rate=args.learning_rate,
                      meta_lr=args.meta_lr, meta_interval=args.meta_interval, meta_start=args.meta_start, virtual_step=args.virtual_step,
                      val_loss=args.val_loss, dr_floor=args.dr_floor, dr_ceiling=args.dr_ceiling,
-                     eval_every=max(1, args.iterations // 8), eval_patches=8, seed=seed)
+                     lc_relabel=args.lc_relabel, eval_every=max(1, args.iterations // 8), eval_patches=8, seed=seed)
     # as rp-tomo-train: the validation tomogram's probabilities, each species' best size floor and F1
     validate = validation_picking([val_t.volume], [centres(val_t.particles)], radius_list, patch=48, overlap=16,
                                   device=device, split_grid=tuple(args.split_grid))
@@ -202,6 +202,8 @@ def main() -> None:
                         help="least weight DR may give a voxel: w = floor + (1 - floor) * DR's class-normalised weight")
     parser.add_argument("--dr-ceiling", type=float, default=TrainConfig.dr_ceiling,
                         help="most weight DR may give a voxel, as a multiple of its label class's mean (0: no cap)")
+    parser.add_argument("--lc-relabel", choices=("all", "background"), default=TrainConfig.lc_relabel,
+                        help="voxels LC may relabel: all, or only those labelled background")
     parser.add_argument("--split-grid", type=float, nargs="+", default=list(SPLIT_GRID),
                         help="split thresholds tried on the validation tomogram (components of more than this many "
                              "sphere volumes split at probability peaks; 0 = never); 0 alone: the rule of the sections "
@@ -267,6 +269,8 @@ def main() -> None:
         + {"dice": "", "dice_ce": "; validation loss Dice + voxel cross-entropy",
            "dice_cbce": "; validation loss Dice + class-balanced voxel cross-entropy"}[args.val_loss]
         + (dr_bounds_words(args) if {"dr", "robpicker"} & set(args.methods) else "")
+        + ("; LC relabels only voxels labelled background (`--lc-relabel background`)"
+           if args.lc_relabel == "background" and {"lc", "robpicker"} & set(args.methods) else "")
         + f"; {device_words(run_device(args), args.threads)} per run, "
         f"{args.processes} run(s) side by side. "
         "F1 per species, matched within half the species' diameter; truth counts per seed: "

@@ -602,3 +602,32 @@ def test_class_balanced_validation_loss_weighs_a_rare_class_as_the_background():
 
     assert rise("dice_ce") - rise("dice") < 0.05
     assert rise("dice_cbce") - rise("dice") > 5.0
+
+
+def test_lc_relabelling_background_only_keeps_the_species_labels():
+    """With ``lc_relabel="background"`` the training target is the noisy one-hot label wherever a species is
+    labelled, and LC's correction elsewhere; its hypergradient still flows through those voxels."""
+    from relion_plugins.pick.tomo.bilevel import corrected_where_unlabelled, robust_train_loss
+
+    torch.manual_seed(4)
+    y = torch.randint(0, 3, (2, 6, 6, 6))
+    corrected = torch.softmax(torch.randn(2, 3, 6, 6, 6), dim=1)
+    target = corrected_where_unlabelled(corrected, y)
+    labelled = (y != 0)[:, None].expand_as(target)
+    assert torch.equal(target[labelled], one_hot(y, 3)[labelled])
+    assert torch.equal(target[~labelled], corrected[~labelled])
+
+    model = UNet3D(3, width=2, depth=1)
+    lc = LabelCorrection(2, 3, hidden=3)
+    x = torch.randn(2, 1, 6, 6, 6)
+    grads = {}
+    for kind, labels in (("background", y), ("species only", y.clamp(min=1))):
+        lc.zero_grad()
+        robust_train_loss(model, x, labels, lc, None, lc_relabel="background").backward()
+        grads[kind] = sum(float(p.grad.abs().sum()) for p in lc.parameters() if p.grad is not None)
+    assert grads["background"] > 0.0
+    assert grads["species only"] == 0.0  # no voxel labelled background: nothing for LC to correct
+    with pytest.raises(ValueError, match="lc_relabel"):
+        vol, clean, noisy, centres = _tiny_data(2)
+        tr = PatchSampler([vol], [noisy], [centres], 16, np.random.default_rng(0))
+        train_picker(tr, tr, 3, TrainConfig(method="lc", iterations=1, lc_relabel="species"), width=2, depth=2)

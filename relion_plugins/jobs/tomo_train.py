@@ -57,6 +57,9 @@ PARAMS = [
           minimum=0, maximum=1),
     Param("dr_ceiling", 0.0, "most weight the data-reweighting network may give a voxel, as a "
           "multiple of its label class's mean (0 = no cap; otherwise at least 1)", float, minimum=0),
+    Param("lc_relabel", "all", "voxels the label-correction network may relabel: all, or background (only those "
+          "labelled background: dropped particles and the edges of too-small spheres; the species' own labels are "
+          "kept, their wrong rims left to data reweighting)", str, choices=("all", "background")),
     Param("checkpoint", "f1", "how the best checkpoint is chosen: f1 = mean picking F1 of the species on the whole "
           "validation tomograms (each at its best size floor), dice = Dice loss on validation patches (cheaper: no "
           "pass over whole tomograms; blind to one species' predictions spreading over the background)", str,
@@ -201,7 +204,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
         method=p["method"], iterations=p["iterations"], batch=p["batch"], learning_rate=p["learning_rate"],
         meta_lr=p["meta_lr"], meta_interval=p["meta_interval"], meta_start=p["meta_start"], virtual_step=p["virtual_step"], epsilon=p["epsilon"], eval_every=p["eval_every"],
         val_loss=p["val_loss"], dr_floor=p["dr_floor"], dr_ceiling=p["dr_ceiling"],
-        seed=p["seed"],
+        lc_relabel=p["lc_relabel"], seed=p["seed"],
     )
 
     def progress(record: dict) -> None:

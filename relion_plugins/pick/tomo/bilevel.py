@@ -61,6 +61,7 @@ class TrainConfig:
     dr_hidden: int = 500
     dr_floor: float = 0.5  # every voxel keeps at least this weight: w = floor + (1 - floor) * DR's weight (0-1; 0 = unbounded)
     dr_ceiling: float = 0.0  # no voxel weighs more than this many times its label class's mean (0 = no limit)
+    lc_relabel: str = "all"  # voxels LC may relabel: "all", or "background" (those labelled background only)
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -193,6 +194,7 @@ def robust_train_loss(
     stats: dict | None = None,
     dr_floor: float = 0.0,
     dr_ceiling: float = 0.0,
+    lc_relabel: str = "all",
 ) -> torch.Tensor:
     """Training loss on noisy labels ``y``: multi-class Dice (each class pooled over the batch, as the
     validation loss and DeepFinder) against the LC-corrected labels (when ``lc``), each voxel counted with
@@ -203,7 +205,8 @@ def robust_train_loss(
     the outputs keep their graph to the meta networks. ``frozen`` (a dict, filled on the first call)
     keeps those inputs from the first evaluation, so that the finite-difference evaluations at
     ``w +- eps g`` differentiate the same function as autograd through the unrolled step does.
-    ``dr_floor`` and ``dr_ceiling`` bound DR's weights (see :func:`bounded_weights`).
+    ``dr_floor`` and ``dr_ceiling`` bound DR's weights (see :func:`bounded_weights`). With ``lc_relabel``
+    "background" LC corrects only the voxels labelled background (see :func:`corrected_where_unlabelled`).
     """
     logits, features = net(x)
     target = one_hot(y, logits.shape[1])
@@ -214,7 +217,8 @@ def robust_train_loss(
         own = frozen.setdefault("own", own)
     if lc is not None:
         with ctx:
-            target, alpha = lc(features.detach(), target, own)
+            corrected, alpha = lc(features.detach(), target, own)
+            target = corrected_where_unlabelled(corrected, y) if lc_relabel == "background" else corrected
         if stats is not None:
             stats.setdefault("alpha", []).append(float(alpha.detach().mean()))
     if dr is None:
@@ -232,6 +236,22 @@ def robust_train_loss(
         # what DR itself would drop, before the floor: voxels weighed below half their label class's mean
         stats.setdefault("dr_below_half", []).append(float((relative.detach() < 0.5).float().mean()))
     return weighted_dice_loss(logits, target, w)
+
+
+LC_RELABEL = ("all", "background")
+
+
+def corrected_where_unlabelled(corrected: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """LC's corrected labels on the voxels labelled background, the noisy one-hot label on the others.
+
+    Sphere labels err both ways: a dropped particle or the edge of a too-small sphere is background where a
+    species is (LC's job: relabel it), the rim of a too-large or shifted sphere is a species where background
+    is (DR's job too: weigh it down). Relabelling a species' own voxels lets LC move a species the network
+    does not yet find into the background, where a one-step look-ahead of an untrained network favours it;
+    with hard label noise that lost the tiny species (docs/tomo_picker.md).
+    """
+    keep = (labels != 0)[:, None]
+    return torch.where(keep, one_hot(labels, corrected.shape[1]).to(corrected.dtype), corrected)
 
 
 def class_normalised(weights: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -332,7 +352,9 @@ def train_picker(
         raise ValueError(f"unknown validation loss {cfg.val_loss!r}; known: {', '.join(VAL_LOSSES)}")
     if cfg.virtual_step not in ("adam", "sgd"):
         raise ValueError(f"unknown virtual step {cfg.virtual_step!r}; known: adam, sgd")
-    bounds = {"dr_floor": cfg.dr_floor, "dr_ceiling": cfg.dr_ceiling}
+    if cfg.lc_relabel not in LC_RELABEL:
+        raise ValueError(f"unknown lc_relabel {cfg.lc_relabel!r}; known: {', '.join(LC_RELABEL)}")
+    loss_options = {"dr_floor": cfg.dr_floor, "dr_ceiling": cfg.dr_ceiling, "lc_relabel": cfg.lc_relabel}
     check_dr_bounds(cfg.dr_floor, cfg.dr_ceiling)
     params = [p for p in model.parameters() if p.requires_grad]
     virtual = adam_step(opt, params) if cfg.virtual_step == "adam" else sgd_step(cfg.virtual_lr or cfg.learning_rate)
@@ -377,7 +399,7 @@ def train_picker(
                 hyper, lv = fd_hypergradient(
                     params,
                     meta_params,
-                    functools.partial(robust_train_loss, model, x, y, lc, dr, frozen=frozen, **bounds),
+                    functools.partial(robust_train_loss, model, x, y, lc, dr, frozen=frozen, **loss_options),
                     functools.partial(_val_loss, model, xv, target_v, kind=cfg.val_loss),
                     virtual,
                     cfg.epsilon,
@@ -388,7 +410,7 @@ def train_picker(
             meta_opt.step()
             meta_val.append(lv)
         meta_nets = (None, None) if warm else (lc, dr)
-        loss = robust_train_loss(model, x, y, *meta_nets, meta_grad=False, stats=stats, **bounds)
+        loss = robust_train_loss(model, x, y, *meta_nets, meta_grad=False, stats=stats, **loss_options)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
