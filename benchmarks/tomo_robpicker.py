@@ -203,7 +203,8 @@ def main() -> None:
     parser.add_argument("--dr-ceiling", type=float, default=TrainConfig.dr_ceiling,
                         help="most weight DR may give a voxel, as a multiple of its label class's mean (0: no cap)")
     parser.add_argument("--lc-relabel", choices=("all", "background"), default=TrainConfig.lc_relabel,
-                        help="voxels LC may relabel: all, or only those labelled background")
+                        help="voxels LC may relabel: only those labelled background, or all (the rule of the sections "
+                             "written before tomo_robpicker_snr025_hard_smallphantom75_lcbg)")
     parser.add_argument("--split-grid", type=float, nargs="+", default=list(SPLIT_GRID),
                         help="split thresholds tried on the validation tomogram (components of more than this many "
                              "sphere volumes split at probability peaks; 0 = never); 0 alone: the rule of the sections "
@@ -269,8 +270,9 @@ def main() -> None:
         + {"dice": "", "dice_ce": "; validation loss Dice + voxel cross-entropy",
            "dice_cbce": "; validation loss Dice + class-balanced voxel cross-entropy"}[args.val_loss]
         + (dr_bounds_words(args) if {"dr", "robpicker"} & set(args.methods) else "")
-        + ("; LC relabels only voxels labelled background (`--lc-relabel background`)"
-           if args.lc_relabel == "background" and {"lc", "robpicker"} & set(args.methods) else "")
+        + ({"background": "; LC relabels only voxels labelled background (`--lc-relabel background`)",
+            "all": "; LC may relabel every voxel (`--lc-relabel all`, the rule of the sections before "
+                   "`tomo_robpicker_snr025_hard_smallphantom75_lcbg`)"}[args.lc_relabel] if {"lc", "robpicker"} & set(args.methods) else "")
         + f"; {device_words(run_device(args), args.threads)} per run, "
         f"{args.processes} run(s) side by side. "
         "F1 per species, matched within half the species' diameter; truth counts per seed: "

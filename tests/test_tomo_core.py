@@ -137,7 +137,8 @@ def test_adam_virtual_step_is_the_optimisers_step_and_its_hypergradient_matches_
     assert max(e.abs().max().item() for e in exact) > 1e-4
 
 
-def test_fd_hypergradient_of_the_robpicker_loss_matches_autograd():
+@pytest.mark.parametrize("lc_relabel", ["background", "all"])
+def test_fd_hypergradient_of_the_robpicker_loss_matches_autograd(lc_relabel):
     """The same check on the real training loss (tiny U-Net, label correction and reweighting, float64):
     the frozen meta inputs make both sides differentiate the same function."""
     from torch.func import functional_call
@@ -160,14 +161,14 @@ def test_fd_hypergradient_of_the_robpicker_loss_matches_autograd():
         def net(weights):
             return lambda inp: functional_call(model, dict(zip(names, weights)), (inp,))
 
-        loss = robust_train_loss(net(params), x, y, lc, dr)
+        loss = robust_train_loss(net(params), x, y, lc, dr, lc_relabel=lc_relabel)
         g = torch.autograd.grad(loss, params, create_graph=True)
         virtual = [p - lr * gi for p, gi in zip(params, g)]
         exact = torch.autograd.grad(dice_loss(net(virtual)(xv)[0], yv), meta_params)
     frozen: dict = {}
     with frozen_buffers(model):
         approx, _ = fd_hypergradient(
-            params, meta_params, lambda: robust_train_loss(model, x, y, lc, dr, frozen=frozen),
+            params, meta_params, lambda: robust_train_loss(model, x, y, lc, dr, frozen=frozen, lc_relabel=lc_relabel),
             lambda: dice_loss(model(xv)[0], yv), lr, 1e-5,
         )
     num = sum(((a - e) ** 2).sum() for a, e in zip(approx, exact)).sqrt()

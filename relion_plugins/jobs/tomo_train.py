@@ -57,9 +57,11 @@ PARAMS = [
           minimum=0, maximum=1),
     Param("dr_ceiling", 0.0, "most weight the data-reweighting network may give a voxel, as a "
           "multiple of its label class's mean (0 = no cap; otherwise at least 1)", float, minimum=0),
-    Param("lc_relabel", "all", "voxels the label-correction network may relabel: all, or background (only those "
+    Param("lc_relabel", "background", "voxels the label-correction network may relabel: background (only those "
           "labelled background: dropped particles and the edges of too-small spheres; the species' own labels are "
-          "kept, their wrong rims left to data reweighting)", str, choices=("all", "background")),
+          "kept, their wrong rims left to data reweighting), or all (on our SNR 0.25 benchmark LC could then move a "
+          "species the network had not yet found into the background; see docs/tomo_picker.md)", str,
+          choices=("background", "all")),
     Param("checkpoint", "f1", "how the best checkpoint is chosen: f1 = mean picking F1 of the species on the whole "
           "validation tomograms (each at its best size floor), dice = Dice loss on validation patches (cheaper: no "
           "pass over whole tomograms; blind to one species' predictions spreading over the background)", str,

@@ -61,7 +61,7 @@ class TrainConfig:
     dr_hidden: int = 500
     dr_floor: float = 0.5  # every voxel keeps at least this weight: w = floor + (1 - floor) * DR's weight (0-1; 0 = unbounded)
     dr_ceiling: float = 0.0  # no voxel weighs more than this many times its label class's mean (0 = no limit)
-    lc_relabel: str = "all"  # voxels LC may relabel: "all", or "background" (those labelled background only)
+    lc_relabel: str = "background"  # voxels LC may relabel: those labelled background, or "all"
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -194,7 +194,7 @@ def robust_train_loss(
     stats: dict | None = None,
     dr_floor: float = 0.0,
     dr_ceiling: float = 0.0,
-    lc_relabel: str = "all",
+    lc_relabel: str = "background",
 ) -> torch.Tensor:
     """Training loss on noisy labels ``y``: multi-class Dice (each class pooled over the batch, as the
     validation loss and DeepFinder) against the LC-corrected labels (when ``lc``), each voxel counted with
@@ -206,7 +206,8 @@ def robust_train_loss(
     keeps those inputs from the first evaluation, so that the finite-difference evaluations at
     ``w +- eps g`` differentiate the same function as autograd through the unrolled step does.
     ``dr_floor`` and ``dr_ceiling`` bound DR's weights (see :func:`bounded_weights`). With ``lc_relabel``
-    "background" LC corrects only the voxels labelled background (see :func:`corrected_where_unlabelled`).
+    "background" LC corrects only the voxels labelled background (see :func:`corrected_where_unlabelled`),
+    with "all" every voxel.
     """
     logits, features = net(x)
     target = one_hot(y, logits.shape[1])
