@@ -30,7 +30,7 @@ from _report import device_words, machine_line, run_args, update_section  # noqa
 
 from relion_plugins.evaluate.tomo import species_scores  # noqa: E402
 from relion_plugins.jobs._tomo import validation_picking  # noqa: E402
-from relion_plugins.pick.tomo.bilevel import TrainConfig, train_picker  # noqa: E402
+from relion_plugins.pick.tomo.bilevel import LC_RELABEL, TrainConfig, train_picker  # noqa: E402
 from relion_plugins.pick.tomo.data import PatchSampler  # noqa: E402
 from relion_plugins.pick.tomo.infer import (  # noqa: E402
     MIN_FRACTION_GRID,
@@ -202,7 +202,7 @@ def main() -> None:
                         help="least weight DR may give a voxel: w = floor + (1 - floor) * DR's class-normalised weight")
     parser.add_argument("--dr-ceiling", type=float, default=TrainConfig.dr_ceiling,
                         help="most weight DR may give a voxel, as a multiple of its label class's mean (0: no cap)")
-    parser.add_argument("--lc-relabel", choices=("all", "background"), default=TrainConfig.lc_relabel,
+    parser.add_argument("--lc-relabel", choices=LC_RELABEL, default=TrainConfig.lc_relabel,
                         help="voxels LC may relabel: only those labelled background, or all (the rule of the sections "
                              "written before tomo_robpicker_snr025_hard_smallphantom75_lcbg)")
     parser.add_argument("--split-grid", type=float, nargs="+", default=list(SPLIT_GRID),

@@ -613,7 +613,7 @@ def test_lc_relabelling_background_only_keeps_the_species_labels():
     torch.manual_seed(4)
     y = torch.randint(0, 3, (2, 6, 6, 6))
     corrected = torch.softmax(torch.randn(2, 3, 6, 6, 6), dim=1)
-    target = corrected_where_unlabelled(corrected, y)
+    target = corrected_where_unlabelled(corrected, one_hot(y, 3), y)
     labelled = (y != 0)[:, None].expand_as(target)
     assert torch.equal(target[labelled], one_hot(y, 3)[labelled])
     assert torch.equal(target[~labelled], corrected[~labelled])

@@ -219,7 +219,7 @@ def robust_train_loss(
     if lc is not None:
         with ctx:
             corrected, alpha = lc(features.detach(), target, own)
-            target = corrected_where_unlabelled(corrected, y) if lc_relabel == "background" else corrected
+            target = corrected_where_unlabelled(corrected, target, y) if lc_relabel == "background" else corrected
         if stats is not None:
             stats.setdefault("alpha", []).append(float(alpha.detach().mean()))
     if dr is None:
@@ -239,10 +239,10 @@ def robust_train_loss(
     return weighted_dice_loss(logits, target, w)
 
 
-LC_RELABEL = ("all", "background")
+LC_RELABEL = ("background", "all")
 
 
-def corrected_where_unlabelled(corrected: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def corrected_where_unlabelled(corrected: torch.Tensor, noisy_onehot: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """LC's corrected labels on the voxels labelled background, the noisy one-hot label on the others.
 
     Sphere labels err both ways: a dropped particle or the edge of a too-small sphere is background where a
@@ -251,8 +251,7 @@ def corrected_where_unlabelled(corrected: torch.Tensor, labels: torch.Tensor) ->
     does not yet find into the background, where a one-step look-ahead of an untrained network favours it;
     with hard label noise that lost the tiny species (docs/tomo_picker.md).
     """
-    keep = (labels != 0)[:, None]
-    return torch.where(keep, one_hot(labels, corrected.shape[1]).to(corrected.dtype), corrected)
+    return torch.where((labels != 0)[:, None], noisy_onehot, corrected)
 
 
 def class_normalised(weights: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
