@@ -120,6 +120,7 @@ def run_method(method: str, seed: int, args) -> tuple:
         print(f"seed {seed}, {dict(METHODS)[method]}: validation F1 per checkpoint "
               + "; ".join(f"{h['iteration']}: " + "/".join(f"{v:.2f}" for v in h["validation_scores"])
                           + (f" (DR would weigh {h['dr_below_half']:.0%} of voxels below half)" if "dr_below_half" in h else "")
+                          + (f" (LC alpha {h['alpha_disputed']:.2f} where labelled background, predicted a species)" if "alpha_disputed" in h else "")
                           for h in res.history), flush=True)  # fmt: skip
     floor, split = args.min_fraction, 0.0
     if floor is None:  # the operating point of each method, chosen on the validation tomogram

@@ -632,3 +632,29 @@ def test_lc_relabelling_background_only_keeps_the_species_labels():
         vol, clean, noisy, centres = _tiny_data(2)
         tr = PatchSampler([vol], [noisy], [centres], 16, np.random.default_rng(0))
         train_picker(tr, tr, 3, TrainConfig(method="lc", iterations=1, lc_relabel="species"), width=2, depth=2)
+
+
+def test_lc_alpha_is_reported_where_the_label_says_background_and_the_network_a_species():
+    """``alpha_disputed``: LC's mean alpha over the voxels labelled background that the segmentation network
+    gives to a species (where LC can put a dropped particle back), and no entry when there are none."""
+    from relion_plugins.pick.tomo.bilevel import robust_train_loss
+
+    torch.manual_seed(5)
+    y = torch.zeros(1, 4, 4, 4, dtype=torch.long)
+    y[0, :2] = 1
+    logits = torch.zeros(1, 2, 4, 4, 4)
+    logits[0, 1, :, :, :2] = 5.0  # the network says species 1 on half the voxels, a quarter of them labelled 0
+    features = torch.randn(1, 3, 4, 4, 4)
+    lc = LabelCorrection(3, 2, hidden=2)
+    with torch.no_grad():
+        lc.net[-1].weight[2:].normal_(0.0, 2.0)  # alpha varying over the voxels, unlike at initialisation
+    stats: dict = {}
+    robust_train_loss(lambda x: (logits, features), None, y, lc, None, meta_grad=False, stats=stats)
+    _, alpha = lc(features, one_hot(y, 2), torch.softmax(logits, dim=1))
+    disputed = torch.zeros(4, 4, 4, dtype=torch.bool)
+    disputed[2:, :, :2] = True
+    assert stats["alpha_disputed"] == [pytest.approx(float(alpha[0, 0][disputed].mean()), rel=1e-5)]
+    assert abs(stats["alpha_disputed"][0] - stats["alpha"][0]) > 1e-3
+    agreed: dict = {}
+    robust_train_loss(lambda x: (logits, features), None, y.clamp(max=0) + (logits.argmax(1) != 0), lc, None, stats=agreed)
+    assert "alpha_disputed" not in agreed and "alpha" in agreed

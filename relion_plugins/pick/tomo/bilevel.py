@@ -222,6 +222,11 @@ def robust_train_loss(
             target = corrected_where_unlabelled(corrected, target, y) if lc_relabel == "background" else corrected
         if stats is not None:
             stats.setdefault("alpha", []).append(float(alpha.detach().mean()))
+            # where LC matters: voxels labelled background that the network gives to a species (a dropped
+            # particle, or a false positive); alpha near 1 there means LC keeps the label
+            disputed = (y == 0) & (own.argmax(1) != 0)
+            if bool(disputed.any()):
+                stats.setdefault("alpha_disputed", []).append(float(alpha.detach()[:, 0][disputed].mean()))
     if dr is None:
         return dice_loss(logits, target)
     # DR weighs voxels, where sphere labels are wrong (a rim around a shifted or oversized sphere, a
