@@ -126,7 +126,7 @@ def test_pick_writes_relion5_particles(trained: Path):
     assert (job / "particles.star").read_text() == before
 
 
-def test_train_with_exact_label_maps_in_process(trained: Path, monkeypatch):
+def test_train_with_exact_label_maps_in_process(trained: Path, monkeypatch, capsys):
     """--val_label_maps (exact labels named after the tomogram) and an ablation method, with plain MRC input."""
     sim = simulate_tomogram(TomogramConfig(shape=(24, 40, 40), angpix=10.0, species=SPECIES), seed=12)
     (trained / "Labels").mkdir(exist_ok=True)
@@ -142,6 +142,11 @@ def test_train_with_exact_label_maps_in_process(trained: Path, monkeypatch):
     assert mf.meta["provenance"]["validation_tomograms"] == ["TS_03"]
     assert mf.meta["provenance"]["train_tomograms"] == ["TS_01", "TS_02"]
     assert all("alpha" in h for h in mf.meta["history"])
+    run_out = capsys.readouterr().out  # in process, run.out is what the job prints
+    for h in mf.meta["history"]:  # run.out says what LC did where the network overrules a background label
+        if "alpha_disputed" in h:
+            assert f"LC alpha {h['alpha_disputed']:.2f} where labelled background" in run_out
+    assert "DR weighs" not in run_out  # LC only
     # Dice + cross-entropy for the meta networks, the best checkpoint by that loss (no picking F1 per checkpoint)
     assert mf.meta["train_config"]["val_loss"] == "dice_ce" and mf.meta["checkpoint"] == "dice"
     assert not any("validation_scores" in h for h in mf.meta["history"])

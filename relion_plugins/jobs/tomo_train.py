@@ -213,6 +213,11 @@ def run(ctx: JobContext) -> list[OutputNode]:
         val_txt = f", validation Dice loss {record['validation']:.4f}" if "validation" in record else ""
         if "validation_scores" in record:
             val_txt += ", validation picking F1 " + " ".join(f"{v:.3f}" for v in record["validation_scores"])
+        # what the meta networks do: how far LC lets the network overrule a background label, what DR weighs out
+        if "alpha_disputed" in record:
+            val_txt += f", LC alpha {record['alpha_disputed']:.2f} where labelled background but predicted a species"
+        if "dr_below_half" in record:
+            val_txt += f", DR weighs {record['dr_below_half']:.0%} of voxels below half"
         ctx.log(f" iteration {record['iteration']}/{cfg.iterations}: training loss {record['loss']:.4f}{val_txt}")
         ctx.progress(record["iteration"], cfg.iterations, "iterations")
 
