@@ -107,7 +107,7 @@ def run_method(method: str, seed: int, args) -> tuple:
                        np.random.default_rng(seed + 1), class_balanced=True, stratified=args.stratified_val,
                        background_stratum=args.val_background)
     tc = TrainConfig(method=method, iterations=args.iterations, batch=args.batch, learning_rate=args.learning_rate,
-                     meta_lr=args.meta_lr, meta_interval=args.meta_interval, meta_start=args.meta_start, virtual_step=args.virtual_step,
+                     meta_lr=args.meta_lr, lc_meta_lr=args.lc_meta_lr, meta_interval=args.meta_interval, meta_start=args.meta_start, virtual_step=args.virtual_step,
                      val_loss=args.val_loss, dr_floor=args.dr_floor, dr_ceiling=args.dr_ceiling,
                      lc_relabel=args.lc_relabel, eval_every=max(1, args.iterations // 8), eval_patches=8, seed=seed)
     # as rp-tomo-train: the validation tomogram's probabilities, each species' best size floor and F1
@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--meta-interval", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--meta-lr", type=float, default=1e-3)
+    parser.add_argument("--lc-meta-lr", type=float, default=0.0, help="LC's own meta lr (0 = --meta-lr)")
     parser.add_argument("--meta-start", type=int, default=0,
                         help="plain training for this many iterations before the first meta step")  # fmt: skip
     parser.add_argument("--stratified-val", action="store_true",
@@ -263,7 +264,9 @@ def main() -> None:
         + ("" if args.species == DEFAULT_SPECIES else
            " with species " + ", ".join(f"{sp.name} = {sp.particle} ({sp.count} per tomogram)" for sp in args.species))
         + f", SNR {args.snr:g}; U-Net width {args.width}, depth 4, patches {args.patch}³, batch {args.batch}, "
-        f"{args.iterations} iterations, Adam lr {args.learning_rate:g}, meta lr {args.meta_lr:g}, a meta step every "
+        f"{args.iterations} iterations, Adam lr {args.learning_rate:g}, meta lr {args.meta_lr:g}"
+        + (f" (LC {args.lc_meta_lr:g})" if args.lc_meta_lr and {"lc", "robpicker"} & set(args.methods) else "")
+        + ", a meta step every "
         f"{args.meta_interval} iterations"
         + (f" after {args.meta_start} iterations of plain training (warm-up)" if args.meta_start else "")
         + ("; validation batches stratified by species" if args.stratified_val else "")

@@ -658,3 +658,33 @@ def test_lc_alpha_is_reported_where_the_label_says_background_and_the_network_a_
     agreed: dict = {}
     robust_train_loss(lambda x: (logits, features), None, y.clamp(max=0) + (logits.argmax(1) != 0), lc, None, stats=agreed)
     assert "alpha_disputed" not in agreed and "alpha" in agreed
+
+
+def test_lc_meta_lr_sets_the_label_correction_networks_own_step():
+    """With ``lc_meta_lr`` LC's weights move at that rate (Adam's first step moves each by up to its lr) and
+    DR's at ``meta_lr``; 0 gives LC ``meta_lr`` too."""
+    from relion_plugins.pick.tomo.bilevel import meta_param_groups
+
+    lc, dr = LabelCorrection(2, 3, hidden=3), DataReweighting(4)
+    assert [g["lr"] for g in meta_param_groups(TrainConfig(meta_lr=1e-3), lc, dr)] == [1e-3, 1e-3]
+    assert [g["lr"] for g in meta_param_groups(TrainConfig(meta_lr=1e-3, lc_meta_lr=0.02), lc, None)] == [0.02]
+
+    vol, clean, noisy, centres = _tiny_data(2)
+    moves = {}
+    for lc_lr in (0.0, 0.02):
+        tr = PatchSampler([vol], [noisy], [centres[:4]], 16, np.random.default_rng(0))
+        va = PatchSampler([vol], [clean], [centres], 16, np.random.default_rng(1), class_balanced=True)
+        cfg = TrainConfig(method="robpicker", iterations=1, batch=2, val_batch=2, eval_every=1, eval_patches=2,
+                          dr_hidden=4, lc_hidden=3, seed=5, meta_lr=1e-3, lc_meta_lr=lc_lr)
+        torch.manual_seed(cfg.seed)
+        UNet3D(3, 2, 2)
+        lc0 = copy.deepcopy(LabelCorrection(2, 3, 3).state_dict())
+        dr0 = copy.deepcopy(DataReweighting(4).state_dict())
+        res = train_picker(tr, va, 3, cfg, width=2, depth=2)
+        moves[lc_lr] = (max(float((res.lc.state_dict()[k] - v).abs().max()) for k, v in lc0.items()),
+                        max(float((res.dr.state_dict()[k] - v).abs().max()) for k, v in dr0.items()))
+    # the same first hypergradient in both runs, so Adam's steps scale with the lr (a little below it: these
+    # hypergradients are not far above Adam's epsilon)
+    assert moves[0.02][0] / moves[0.0][0] == pytest.approx(20.0, rel=1e-3)
+    assert 0.5e-3 < moves[0.0][0] <= 1e-3
+    assert moves[0.02][1] == pytest.approx(moves[0.0][1], rel=1e-6) and 0.0 < moves[0.0][1] <= 1e-3

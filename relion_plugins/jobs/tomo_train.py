@@ -37,6 +37,8 @@ PARAMS = [
     Param("batch", 4, "patches per minibatch", int, minimum=1),
     Param("learning_rate", 1e-3, "Adam learning rate of the U-Net", float, minimum=0),
     Param("meta_lr", 1e-3, "Adam learning rate of the meta networks", float, minimum=0),
+    Param("lc_meta_lr", 0.0, "Adam learning rate of the label-correction network alone (0 = meta_lr)", float,
+          minimum=0),
     Param("meta_interval", 1, "one meta (bi-level) step every this many iterations", int, "iterations", minimum=1),
     Param("meta_start", 0, "train the U-Net plainly for this many iterations before the first meta step (warm-up)",
           int, "iterations", minimum=0),
@@ -204,7 +206,7 @@ def run(ctx: JobContext) -> list[OutputNode]:
     torch.set_num_threads(max(1, ctx.threads))
     cfg = TrainConfig(
         method=p["method"], iterations=p["iterations"], batch=p["batch"], learning_rate=p["learning_rate"],
-        meta_lr=p["meta_lr"], meta_interval=p["meta_interval"], meta_start=p["meta_start"], virtual_step=p["virtual_step"], epsilon=p["epsilon"], eval_every=p["eval_every"],
+        meta_lr=p["meta_lr"], lc_meta_lr=p["lc_meta_lr"], meta_interval=p["meta_interval"], meta_start=p["meta_start"], virtual_step=p["virtual_step"], epsilon=p["epsilon"], eval_every=p["eval_every"],
         val_loss=p["val_loss"], dr_floor=p["dr_floor"], dr_ceiling=p["dr_ceiling"],
         lc_relabel=p["lc_relabel"], seed=p["seed"],
     )

@@ -48,6 +48,7 @@ class TrainConfig:
     batch: int = 4
     learning_rate: float = 1e-3  # Adam, segmentation network
     meta_lr: float = 1e-3  # Adam, meta networks
+    lc_meta_lr: float = 0.0  # Adam, the label-correction network alone; 0 = meta_lr
     virtual_step: str = "sgd"  # the unrolled update: "sgd" (lr * grad) or the optimiser's own "adam" step
     virtual_lr: float = 0.0  # learning rate of an SGD virtual step; 0 = learning_rate
     epsilon: float = 0.01  # finite-difference step, relative to |grad L_val|
@@ -316,6 +317,21 @@ def validation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "dic
     return loss
 
 
+def meta_param_groups(cfg: TrainConfig, lc: torch.nn.Module | None, dr: torch.nn.Module | None) -> list[dict]:
+    """The meta optimiser's parameter groups: LC at ``lc_meta_lr`` (when set), DR at ``meta_lr``.
+
+    LC starts at alpha 0.9 (logit 2.2): at a meta lr of 1e-3 Adam moves each weight by about 1e-3 per meta
+    step, so within a few hundred meta steps alpha can hardly fall where a label is wrong, whatever the
+    hypergradient says; DR's weights are relative within a class and need no such distance.
+    """
+    groups = []
+    if lc is not None:
+        groups.append({"params": list(lc.parameters()), "lr": cfg.lc_meta_lr or cfg.meta_lr})
+    if dr is not None:
+        groups.append({"params": list(dr.parameters()), "lr": cfg.meta_lr})
+    return groups
+
+
 def _val_loss(model: UNet3D, x: torch.Tensor, target: torch.Tensor, kind: str = "dice") -> torch.Tensor:
     return validation_loss(model(x)[0], target, kind)
 
@@ -352,7 +368,7 @@ def train_picker(
     dr = DataReweighting(cfg.dr_hidden).to(device) if cfg.uses_dr else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     meta_params = [p for m in (lc, dr) if m is not None for p in m.parameters()]
-    meta_opt = torch.optim.Adam(meta_params, lr=cfg.meta_lr) if meta_params else None
+    meta_opt = torch.optim.Adam(meta_param_groups(cfg, lc, dr), lr=cfg.meta_lr) if meta_params else None
     if cfg.val_loss not in VAL_LOSSES:
         raise ValueError(f"unknown validation loss {cfg.val_loss!r}; known: {', '.join(VAL_LOSSES)}")
     if cfg.virtual_step not in ("adam", "sgd"):
