@@ -43,7 +43,7 @@ PARAMS = [
     Param("meta_start", 0, "train the U-Net plainly for this many iterations before the first meta step (warm-up)",
           int, "iterations", minimum=0),
     Param("virtual_step", "sgd", "the one-step unrolled update of a meta step: a plain SGD step of learning_rate, or "
-          "the U-Net's own Adam step (the meta networks then learn much faster; on our benchmark that hurt the small "
+          "the U-Net's own Adam step (larger hypergradients in another direction; on our benchmark that hurt the small "
           "species)", str, choices=("sgd", "adam")),
     Param("epsilon", 0.01, "finite-difference step of the hypergradient, relative to |grad L_val|", float, minimum=1e-8),
     Param("eval_every", 100, "validation loss (and best-checkpoint choice) every this many iterations", int,
