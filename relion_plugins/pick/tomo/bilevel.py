@@ -324,7 +324,7 @@ def meta_param_groups(cfg: TrainConfig, lc: torch.nn.Module | None, dr: torch.nn
 
     LC starts at alpha 0.9 (logit 2.2): at a meta lr of 1e-3 Adam moves each weight by about 1e-3 per meta
     step, so within a few hundred meta steps alpha can hardly fall where a label is wrong, whatever the
-    hypergradient says; DR's weights are relative within a class and need no such distance.
+    hypergradient says. DR keeps ``meta_lr``, so the two can be tuned apart.
     """
     groups = []
     if lc is not None:
