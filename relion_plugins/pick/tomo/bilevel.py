@@ -369,8 +369,9 @@ def train_picker(
     lc = LabelCorrection(width, n_classes, cfg.lc_hidden).to(device) if cfg.uses_lc else None
     dr = DataReweighting(cfg.dr_hidden).to(device) if cfg.uses_dr else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    meta_params = [p for m in (lc, dr) if m is not None for p in m.parameters()]
-    meta_opt = torch.optim.Adam(meta_param_groups(cfg, lc, dr), lr=cfg.meta_lr) if meta_params else None
+    meta_groups = meta_param_groups(cfg, lc, dr)
+    meta_params = [p for g in meta_groups for p in g["params"]]
+    meta_opt = torch.optim.Adam(meta_groups, lr=cfg.meta_lr) if meta_groups else None
     if cfg.val_loss not in VAL_LOSSES:
         raise ValueError(f"unknown validation loss {cfg.val_loss!r}; known: {', '.join(VAL_LOSSES)}")
     if cfg.virtual_step not in ("adam", "sgd"):
